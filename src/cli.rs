@@ -1,0 +1,86 @@
+//! The command line of CONTRACT §2, as clap derive types. No I/O here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Brokers AWS IAM Identity Center tokens to local programs over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "iamtokend", version, about)]
+pub struct Cli {
+    /// The daemon's socket (client subcommands).
+    #[arg(long, global = true, env = "IAMTOKEND_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The main config file.
+    #[arg(long, global = true, env = "IAMTOKEND_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Serve {
+        /// Run against a built-in simulated Identity Center with demo apps of every grant.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Validate the config; print FILE:LINE:COL: message per problem.
+    CheckConfig,
+    /// Print an app's access token.
+    Token {
+        /// The app.
+        app: String,
+        /// Refresh first if the cached token has fewer seconds left than this.
+        #[arg(long, value_name = "SECS")]
+        min_ttl: Option<u64>,
+        /// raw: the token and a newline; json: the socket's token JSON.
+        #[arg(long, value_enum, default_value_t = TokenFormat::Raw)]
+        format: TokenFormat,
+    },
+    /// Print credential_process JSON for an app with a [role].
+    CredentialProcess {
+        /// The app.
+        app: String,
+    },
+    /// One row per app: state, expiry, next refresh, last error.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
+    },
+    /// Refresh an app's token now and wait for the result.
+    Refresh {
+        /// The app.
+        app: String,
+    },
+    /// Authorization-code bootstrap with PKCE.
+    Login {
+        /// The app.
+        app: String,
+        /// Print the URL only; do not open a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+}
+
+/// `token --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenFormat {
+    /// The token and a newline.
+    Raw,
+    /// The token JSON.
+    Json,
+}
+
+/// `status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// Aligned columns.
+    Table,
+    /// The `/v1/apps` JSON.
+    Json,
+}

@@ -1,0 +1,254 @@
+//! The client subcommands: one request to the daemon's socket each, then print.
+
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use serde_json::Value;
+
+use super::{daemon_failure, print_stdout, Failure};
+use crate::cli::{Command, StatusFormat, TokenFormat};
+use crate::client::SocketClient;
+
+/// Runs a client subcommand.
+pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure> {
+    match command {
+        Command::Token {
+            app,
+            min_ttl,
+            format,
+        } => token(client, &app, min_ttl, format).await,
+        Command::CredentialProcess { app } => credential_process(client, &app).await,
+        Command::Status { format } => status(client, format).await,
+        Command::Refresh { app } => refresh(client, &app).await,
+        Command::Login { .. } => Err(Failure::failed(
+            "login is not available in this build yet (see README: authorization-code apps)",
+        )),
+        Command::Serve { .. } | Command::CheckConfig => {
+            Err(Failure::usage("not a client subcommand"))
+        }
+    }
+}
+
+/// App names travel in the path; refuse anything that is not a valid name before sending.
+fn app_path(app: &str, action: &str) -> Result<String, Failure> {
+    let valid = !app.is_empty()
+        && app
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && app.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if !valid {
+        return Err(Failure::usage(format!(
+            "{app:?} is not an app name (lowercase letters, digits, '.', '_', '-')"
+        )));
+    }
+    Ok(format!("/v1/apps/{app}/{action}"))
+}
+
+async fn token(
+    client: &SocketClient,
+    app: &str,
+    min_ttl: Option<u64>,
+    format: TokenFormat,
+) -> Result<(), Failure> {
+    let mut path = app_path(app, "token")?;
+    if let Some(secs) = min_ttl {
+        path.push_str(&format!("?min_ttl={secs}"));
+    }
+    let answer = client.request(Method::GET, &path, None).await?;
+    if !answer.status.is_success() {
+        return Err(daemon_failure(&answer));
+    }
+    match format {
+        TokenFormat::Raw => {
+            let token = answer
+                .body
+                .get("access_token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Failure::failed("the daemon's answer has no access_token"))?;
+            print_stdout(&format!("{token}\n"))
+        }
+        TokenFormat::Json => print_stdout(&format!("{}\n", answer.body)),
+    }
+}
+
+async fn credential_process(client: &SocketClient, app: &str) -> Result<(), Failure> {
+    let answer = client
+        .request(Method::GET, &app_path(app, "credentials")?, None)
+        .await?;
+    if !answer.status.is_success() {
+        return Err(daemon_failure(&answer));
+    }
+    print_stdout(&format!("{}\n", answer.body))
+}
+
+async fn refresh(client: &SocketClient, app: &str) -> Result<(), Failure> {
+    let answer = client
+        .request(Method::POST, &app_path(app, "refresh")?, None)
+        .await?;
+    if !answer.status.is_success() {
+        return Err(daemon_failure(&answer));
+    }
+    let expires = answer
+        .body
+        .get("expires_at")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    eprintln!("{app}: refreshed; expires at {expires}");
+    Ok(())
+}
+
+async fn status(client: &SocketClient, format: StatusFormat) -> Result<(), Failure> {
+    let answer = client.request(Method::GET, "/v1/apps", None).await?;
+    if !answer.status.is_success() {
+        return Err(daemon_failure(&answer));
+    }
+    let apps = answer
+        .body
+        .get("apps")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match format {
+        StatusFormat::Json => print_stdout(&format!("{}\n", answer.body))?,
+        StatusFormat::Table => print_stdout(&status_table(&apps, read_wall_now()))?,
+    }
+    let not_ready: Vec<&str> = apps
+        .iter()
+        .filter(|a| a.get("state").and_then(Value::as_str) != Some("ready"))
+        .filter_map(|a| a.get("name").and_then(Value::as_str))
+        .collect();
+    if not_ready.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::failed(format!(
+            "not ready: {}",
+            not_ready.join(", ")
+        )))
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // a client process: the display's "in 5m" is relative to now
+fn read_wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// The table `status` prints. Times are shown relative to `now` ("in 4m12s", "3s ago").
+pub fn status_table(apps: &[Value], now: SystemTime) -> String {
+    let header = [
+        "APP",
+        "GRANT",
+        "STATE",
+        "EXPIRES",
+        "NEXT REFRESH",
+        "LAST REFRESH",
+        "LAST ERROR",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for app in apps {
+        let text = |key: &str| {
+            app.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let when = |key: &str| {
+            app.get(key)
+                .and_then(Value::as_str)
+                .and_then(|s| humantime::parse_rfc3339(s).ok())
+                .map(|t| relative(t, now))
+                .unwrap_or_else(|| "-".into())
+        };
+        let last_error = app
+            .get("last_error")
+            .filter(|e| !e.is_null())
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.get("code").and_then(Value::as_str).unwrap_or("?"),
+                    e.get("message").and_then(Value::as_str).unwrap_or("")
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        rows.push(vec![
+            text("name"),
+            text("grant"),
+            text("state"),
+            when("expires_at"),
+            when("next_refresh_at"),
+            when("last_refresh_at"),
+            last_error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn relative(t: SystemTime, now: SystemTime) -> String {
+    let whole = |d: Duration| {
+        humantime::format_duration(Duration::from_secs(d.as_secs()))
+            .to_string()
+            .replace(' ', "")
+    };
+    match t.duration_since(now) {
+        Ok(ahead) => format!("in {}", whole(ahead)),
+        Err(behind) => format!("{} ago", whole(behind.duration())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_relative_times_and_errors() {
+        let now = humantime::parse_rfc3339("2026-11-27T01:00:00Z").unwrap();
+        let apps = serde_json::json!([
+            {"name": "analytics", "grant": "jwt-bearer", "state": "ready",
+             "expires_at": "2026-11-27T01:30:00Z", "next_refresh_at": "2026-11-27T01:15:00Z",
+             "last_refresh_at": "2026-11-27T00:59:58Z", "last_error": null},
+            {"name": "portal", "grant": "authorization-code", "state": "needs_login",
+             "expires_at": null, "next_refresh_at": null, "last_refresh_at": null,
+             "last_error": {"code": "needs_login", "message": "log in", "at": "2026-11-27T00:59:00Z"}}
+        ]);
+        let table = status_table(apps.as_array().unwrap(), now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("APP"));
+        assert!(
+            lines[1].contains("in 30m")
+                && lines[1].contains("in 15m")
+                && lines[1].contains("2s ago"),
+            "{table}"
+        );
+        assert!(lines[2].contains("needs_login: log in"), "{table}");
+    }
+
+    #[test]
+    fn app_names_are_checked() {
+        assert!(app_path("analytics", "token").is_ok());
+        assert_eq!(app_path("../x", "token").unwrap_err().code, 2);
+        assert_eq!(app_path("", "token").unwrap_err().code, 2);
+        assert_eq!(app_path("A", "token").unwrap_err().code, 2);
+    }
+}

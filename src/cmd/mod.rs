@@ -1,0 +1,104 @@
+//! The subcommands. Each returns `Result<(), Failure>`; `main` alone turns that into an exit
+//! code (0 ok, 1 failed, 2 usage, 3 daemon unreachable).
+
+pub mod check_config;
+pub mod clients;
+pub mod serve;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Cli, Command};
+use crate::client::{Answer, ClientError, SocketClient};
+use crate::config::paths::{self, Env};
+
+/// A failed command: its exit code and one line for stderr.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// What to print (may be several lines for config diagnostics).
+    pub message: String,
+}
+
+impl Failure {
+    /// Exit 1: the daemon reported a failure, or the config is bad.
+    pub fn failed(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Exit 2: the command line is wrong.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Failure {
+        let code = match err {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Protocol(_) => 1,
+        };
+        Failure {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let env = Env::from_process();
+    let config_file = paths::config_file(cli.config.as_deref(), &env);
+    match cli.command {
+        Command::Serve { dev: true } => serve::run_dev().await,
+        Command::Serve { dev: false } => serve::run(&config_file).await,
+        Command::CheckConfig => check_config::run(&config_file),
+        command => {
+            let socket = cli
+                .socket
+                .clone()
+                .unwrap_or_else(|| client_socket(&config_file, &env));
+            clients::run(command, &SocketClient::new(&socket)).await
+        }
+    }
+}
+
+/// Where a client finds the daemon without `--socket`: the config's `[server] socket` if the
+/// main file is readable and sets it, else the default paths. Only the main file is read (not
+/// the apps), so a client that may not read app files still finds the socket.
+fn client_socket(config_file: &Path, env: &Env) -> PathBuf {
+    let configured = std::fs::read_to_string(config_file)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| {
+            let socket = table.get("server")?.get("socket")?.as_str()?.to_owned();
+            let socket = PathBuf::from(socket);
+            Some(match config_file.parent() {
+                Some(dir) if socket.is_relative() => dir.join(socket),
+                _ => socket,
+            })
+        });
+    paths::socket_path(configured.as_deref(), env)
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::failed(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// An error answer as a failure: the daemon's own sentence.
+pub fn daemon_failure(answer: &Answer) -> Failure {
+    Failure::failed(answer.error_message())
+}

@@ -1,0 +1,198 @@
+//! The typed configuration: what the rest of the crate sees once a config has been
+//! validated. No `Option` stands for "not validated yet"; every default is already applied.
+//! Built only by `config::load` (see `validate.rs`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated configuration: the main file plus every app file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The main file this was loaded from (absolute or as given).
+    pub main_file: PathBuf,
+    /// Resolved apps directory (`apps_dir` relative to the main file's directory).
+    pub apps_dir: PathBuf,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[state]`.
+    pub state: StateConfig,
+    /// `[refresh]`.
+    pub refresh: RefreshConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// Apps by name (the file stem), sorted.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `socket`, when set; otherwise `paths::default_socket` decides.
+    pub socket: Option<PathBuf>,
+    /// `socket_mode`, parsed from its octal string. Default 0o660.
+    pub socket_mode: u32,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    /// `dir`, when set; otherwise `paths::default_state_dir` decides.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[refresh]`: see CONTRACT §3/§4.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshConfig {
+    /// Fraction of the lifetime after which to refresh. Default 0.5; 0 < at < 1.
+    pub at: f64,
+    /// +/- fraction of the lifetime. Default 0.1; 0 <= jitter, at - jitter > 0, at + jitter < 1.
+    pub jitter: f64,
+    /// Never later than this before expiry. Default 5m.
+    pub min_lead: Duration,
+    /// Cap of the exponential backoff. Default 5m; must be >= 1s.
+    pub max_backoff: Duration,
+    /// Upstream calls in flight at once, all apps together. Default 8; >= 1.
+    pub max_concurrent: usize,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Default `Text`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; default "info".
+    pub level: String,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `apps.d/NAME.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    /// The file stem; matches `[a-z0-9][a-z0-9._-]*`.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The application ARN.
+    pub client_id: String,
+    /// The Identity Center instance's region.
+    pub region: String,
+    /// `scopes`; `None` = all the app's scopes (omitted from the request).
+    pub scopes: Option<Vec<String>>,
+    /// Override of the OIDC endpoint, e.g. "http://127.0.0.1:8080".
+    pub endpoint_url: Option<String>,
+    /// The grant and its grant-specific keys.
+    pub grant: Grant,
+    /// `[aws]`.
+    pub aws: AwsConfig,
+    /// `[role]`, when present.
+    pub role: Option<RoleConfig>,
+    /// `[access]`, when present (it is then the whole list).
+    pub access: Option<AccessConfig>,
+}
+
+/// The grant an app runs, with the keys that belong to it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grant {
+    /// `grant = "authorization-code"`.
+    AuthorizationCode {
+        /// Loopback redirect URI, e.g. "http://127.0.0.1:8400/callback".
+        redirect_uri: String,
+    },
+    /// `grant = "refresh-token"`.
+    RefreshToken {
+        /// Where the first refresh token comes from (absolute, or relative to the app file's dir).
+        refresh_token_file: PathBuf,
+    },
+    /// `grant = "jwt-bearer"`.
+    JwtBearer {
+        /// Exactly one of `assertion_file` / `assertion_command`.
+        assertion: AssertionSource,
+    },
+    /// `grant = "token-exchange"`.
+    TokenExchange {
+        /// Another app of this config; no cycles.
+        subject_app: String,
+        /// Default `AccessToken`.
+        requested_token_type: RequestedTokenType,
+    },
+}
+
+impl Grant {
+    /// The contract's spelling: "authorization-code", "refresh-token", "jwt-bearer", "token-exchange".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Grant::AuthorizationCode { .. } => "authorization-code",
+            Grant::RefreshToken { .. } => "refresh-token",
+            Grant::JwtBearer { .. } => "jwt-bearer",
+            Grant::TokenExchange { .. } => "token-exchange",
+        }
+    }
+}
+
+/// Where a jwt-bearer assertion comes from; read anew before every grant call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AssertionSource {
+    /// `assertion_file` (absolute, or relative to the app file's dir).
+    File(PathBuf),
+    /// `assertion_command`: argv, non-empty; stdout trimmed is the JWT.
+    Command(Vec<String>),
+}
+
+/// `requested_token_type` of a token-exchange app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestedTokenType {
+    /// "access_token" -> urn:ietf:params:oauth:token-type:access_token
+    AccessToken,
+    /// "refresh_token" -> urn:ietf:params:oauth:token-type:refresh_token
+    RefreshToken,
+}
+
+impl RequestedTokenType {
+    /// The URN sent as `requestedTokenType`.
+    pub fn urn(self) -> &'static str {
+        match self {
+            RequestedTokenType::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
+            RequestedTokenType::RefreshToken => "urn:ietf:params:oauth:token-type:refresh_token",
+        }
+    }
+}
+
+/// `[aws]`: the IAM identity that signs this app's calls.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AwsConfig {
+    /// Named profile; `None` = the SDK's default credential chain.
+    pub profile: Option<String>,
+}
+
+/// `[role]`: identity-enhanced AWS credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleConfig {
+    /// `arn:aws:iam::123456789012:role/Name`.
+    pub arn: String,
+    /// 2-64 chars of `[\w+=,.@-]`; default "iamtokend-NAME" (truncated to 64).
+    pub session_name: String,
+    /// 15m ..= 12h; default 1h.
+    pub duration: Duration,
+    /// Override of the STS endpoint.
+    pub endpoint_url: Option<String>,
+}
+
+/// `[access]`: who may read this app over the socket.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccessConfig {
+    /// Numeric uids.
+    pub uids: Vec<u32>,
+    /// User names.
+    pub users: Vec<String>,
+    /// Group names (primary or supplementary).
+    pub groups: Vec<String>,
+}

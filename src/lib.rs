@@ -1,0 +1,29 @@
+//! iamtokend brokers AWS IAM Identity Center tokens to the programs on a host.
+//!
+//! # Layout
+//! - [`config`]: TOML main file + `apps.d/*.toml` → validated [`config::Config`]; default paths.
+//! - [`upstream`]: `CreateTokenWithIAM` (and STS) behind small traits; SDK errors →
+//!   [`upstream::UpstreamError`], named for what the caller does next.
+//! - [`grant`]: reading grant inputs (assertion file/command, refresh-token file).
+//! - [`refresh`]: pure timing policy, app states, and the per-app owner task (single flight).
+//! - [`broker`]: the running apps, started in dependency order.
+//! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
+//! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
+//! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
+//! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod cmd;
+pub mod config;
+pub mod dev;
+pub mod grant;
+pub mod logging;
+pub mod refresh;
+pub mod secret;
+pub mod server;
+pub mod signals;
+pub mod upstream;

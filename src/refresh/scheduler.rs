@@ -1,0 +1,694 @@
+//! One owner task per app. It alone calls upstream for its app, holds the refresh token, and
+//! publishes a [`Snapshot`] on a `watch` channel. Readers serve a valid cached token straight
+//! from the snapshot; anything that needs an upstream call becomes a command to the owner,
+//! and commands that arrive while a call is in flight join it (single flight).
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::policy::{backoff, refresh_delay, Policy};
+use super::state::{AppState, LastError, Snapshot, Token};
+use crate::clock::Clock;
+use crate::config::{AppConfig, Grant};
+use crate::grant::{identity_context_claim, read_assertion, read_secret_file, SourceError};
+use crate::secret::Secret;
+use crate::upstream::{GrantRequest, IssuedToken, TokenIssuer, UpstreamError};
+
+/// How long a token-exchange app waits for its subject app's first token before it counts as
+/// a failure (start-up: both fetch at once).
+pub const SUBJECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Bound on how long a socket request waits for its app's owner. Every step the owner takes is
+/// bounded (SDK call timeout, command timeout, subject wait), so this only guards against bugs.
+pub const REPLY_WAIT: Duration = Duration::from_secs(120);
+
+/// Why a token cannot be served; the socket maps each to a status and code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// Nothing will happen until someone logs in.
+    #[error("app {app} needs a login: run `iamtokend login {app}`")]
+    NeedsLogin {
+        /// App name.
+        app: String,
+    },
+    /// No valid token can be had now; carries the last upstream error.
+    #[error("no valid token for app {app}: {code}: {message}")]
+    Unavailable {
+        /// App name.
+        app: String,
+        /// The underlying error code.
+        code: String,
+        /// The underlying error message.
+        message: String,
+    },
+    /// `login` asked of an app whose grant is not authorization-code.
+    #[error("app {app} does not use the authorization-code grant")]
+    WrongGrant {
+        /// App name.
+        app: String,
+    },
+}
+
+type Reply = oneshot::Sender<Result<Arc<Token>, ServeError>>;
+
+enum Command {
+    /// `force`: call upstream even if the token is fine. Otherwise only if the token has less
+    /// than `min_ttl` left (or none is valid) and the app is not backing off.
+    Refresh {
+        force: bool,
+        min_ttl: Duration,
+        reply: Reply,
+    },
+    Login {
+        code: Secret,
+        code_verifier: Secret,
+        redirect_uri: String,
+        reply: Reply,
+    },
+}
+
+/// What every owner shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The clock.
+    pub clock: Clock,
+    /// `[refresh]` timing.
+    pub policy: Policy,
+    /// `max_concurrent`: held only around the upstream call itself.
+    pub permits: Arc<Semaphore>,
+}
+
+/// A running app: its config, its snapshot, and the way to its owner task.
+pub struct AppHandle {
+    /// The app's config, as the owner runs it.
+    pub config: Arc<AppConfig>,
+    snapshot: watch::Receiver<Snapshot>,
+    commands: mpsc::Sender<Command>,
+    clock: Clock,
+}
+
+impl AppHandle {
+    /// Starts the owner task. `subject` is the subject app's snapshot (token-exchange);
+    /// `refresh_token` one recovered from elsewhere (state dir).
+    pub fn spawn(
+        config: Arc<AppConfig>,
+        issuer: Arc<dyn TokenIssuer>,
+        subject: Option<watch::Receiver<Snapshot>>,
+        shared: Shared,
+        refresh_token: Option<Secret>,
+    ) -> AppHandle {
+        let (publish, snapshot) = watch::channel(Snapshot::default());
+        let (commands, rx) = mpsc::channel(256);
+        let clock = shared.clock;
+        let owner = Owner {
+            job: Job {
+                app: config.clone(),
+                issuer,
+                permits: shared.permits.clone(),
+                subject,
+                clock,
+            },
+            shared,
+            publish,
+            commands: rx,
+            refresh_token,
+            failures: 0,
+            next_attempt: None,
+            deferred: VecDeque::new(),
+        };
+        tokio::spawn(owner.run());
+        AppHandle {
+            config,
+            snapshot,
+            commands,
+            clock,
+        }
+    }
+
+    /// App name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver of snapshots (token-exchange dependants watch their subject).
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// A token with at least `min_ttl` left if one can be had; otherwise the last good token
+    /// while it is valid; otherwise why not.
+    pub async fn token(&self, min_ttl: Duration) -> Result<Arc<Token>, ServeError> {
+        let now = self.clock.now();
+        if let Some(t) = self.snapshot.borrow().valid_token(now) {
+            if t.ttl(now) >= min_ttl {
+                return Ok(t.clone());
+            }
+        }
+        let result = self
+            .ask(|reply| Command::Refresh {
+                force: false,
+                min_ttl,
+                reply,
+            })
+            .await;
+        match result {
+            Ok(t) => Ok(t),
+            Err(e) => self.last_good().ok_or(e),
+        }
+    }
+
+    /// Calls upstream now (joining a call in flight) and reports its result.
+    pub async fn refresh(&self) -> Result<Arc<Token>, ServeError> {
+        self.ask(|reply| Command::Refresh {
+            force: true,
+            min_ttl: Duration::ZERO,
+            reply,
+        })
+        .await
+    }
+
+    /// Exchanges an authorization code (from `iamtokend login`).
+    pub async fn login(
+        &self,
+        code: Secret,
+        code_verifier: Secret,
+        redirect_uri: String,
+    ) -> Result<Arc<Token>, ServeError> {
+        if !matches!(self.config.grant, Grant::AuthorizationCode { .. }) {
+            return Err(ServeError::WrongGrant {
+                app: self.config.name.clone(),
+            });
+        }
+        self.ask(|reply| Command::Login {
+            code,
+            code_verifier,
+            redirect_uri,
+            reply,
+        })
+        .await
+    }
+
+    fn last_good(&self) -> Option<Arc<Token>> {
+        self.snapshot
+            .borrow()
+            .valid_token(self.clock.now())
+            .cloned()
+    }
+
+    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<Arc<Token>, ServeError> {
+        let gone = || ServeError::Unavailable {
+            app: self.config.name.clone(),
+            code: "app_stopped".into(),
+            message: "the app was stopped or reconfigured while the request waited".into(),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| gone())?;
+        match tokio::time::timeout(REPLY_WAIT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(ServeError::Unavailable {
+                app: self.config.name.clone(),
+                code: "timeout".into(),
+                message: format!("no answer within {}s", REPLY_WAIT.as_secs()),
+            }),
+        }
+    }
+}
+
+/// What one attempt is asked to do.
+enum Attempt {
+    /// Refresh: refresh token if held, else the app's own grant.
+    Refresh,
+    /// Exchange this authorization code.
+    Login {
+        code: Secret,
+        code_verifier: Secret,
+        redirect_uri: String,
+    },
+}
+
+/// Why an attempt failed.
+enum Failure {
+    Upstream(UpstreamError),
+    Source(SourceError),
+    NeedsLogin(String),
+}
+
+impl Failure {
+    fn code(&self) -> &str {
+        match self {
+            Failure::Upstream(e) => e.code(),
+            Failure::Source(e) => e.code,
+            Failure::NeedsLogin(_) => "needs_login",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Upstream(e) => e.message(),
+            Failure::Source(e) => &e.message,
+            Failure::NeedsLogin(why) => why,
+        }
+    }
+}
+
+/// An attempt's result. `refresh_token_refused`: the held refresh token got `invalid_grant`
+/// and must be dropped whatever happened next.
+struct Outcome {
+    result: Result<(IssuedToken, &'static str), Failure>,
+    refresh_token_refused: bool,
+}
+
+/// Everything an attempt needs, owned, so it can run while the owner keeps taking commands.
+#[derive(Clone)]
+struct Job {
+    app: Arc<AppConfig>,
+    issuer: Arc<dyn TokenIssuer>,
+    permits: Arc<Semaphore>,
+    subject: Option<watch::Receiver<Snapshot>>,
+    clock: Clock,
+}
+
+impl Job {
+    async fn call(
+        &self,
+        grant: GrantRequest,
+    ) -> Result<(IssuedToken, &'static str), UpstreamError> {
+        let label = grant.label();
+        // The semaphore is never closed; if it were, calling without a permit is the safe side.
+        let _permit = self.permits.acquire().await.ok();
+        debug!(app = %self.app.name, grant = label, "calling CreateTokenWithIAM");
+        self.issuer.create_token(grant).await.map(|t| (t, label))
+    }
+
+    async fn run(self, refresh_token: Option<Secret>, attempt: Attempt) -> Outcome {
+        if let Attempt::Login {
+            code,
+            code_verifier,
+            redirect_uri,
+        } = attempt
+        {
+            let grant = GrantRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            };
+            return Outcome {
+                result: self.call(grant).await.map_err(Failure::Upstream),
+                refresh_token_refused: false,
+            };
+        }
+        let mut refused: Option<Secret> = None;
+        if let Some(refresh_token) = refresh_token {
+            match self
+                .call(GrantRequest::RefreshToken {
+                    refresh_token: refresh_token.clone(),
+                })
+                .await
+            {
+                Err(UpstreamError::InvalidGrant { code, .. }) => {
+                    info!(app = %self.app.name, code = %code, "refresh token refused; running the app's own grant");
+                    refused = Some(refresh_token);
+                }
+                other => {
+                    return Outcome {
+                        result: other.map_err(Failure::Upstream),
+                        refresh_token_refused: false,
+                    }
+                }
+            }
+        }
+        let refresh_token_refused = refused.is_some();
+        let result = self.own_grant(refused).await;
+        Outcome {
+            result,
+            refresh_token_refused,
+        }
+    }
+
+    /// The app's configured grant, from its configured source.
+    async fn own_grant(
+        &self,
+        refused: Option<Secret>,
+    ) -> Result<(IssuedToken, &'static str), Failure> {
+        let grant = match &self.app.grant {
+            Grant::JwtBearer { assertion } => GrantRequest::JwtBearer {
+                assertion: read_assertion(assertion).await.map_err(Failure::Source)?,
+            },
+            Grant::TokenExchange {
+                subject_app,
+                requested_token_type,
+            } => GrantRequest::TokenExchange {
+                subject_token: self.subject_token(subject_app).await?,
+                requested_token_type: requested_token_type.urn(),
+            },
+            Grant::RefreshToken { refresh_token_file } => {
+                let from_file = read_secret_file(refresh_token_file, "refresh_token_file")
+                    .await
+                    .map_err(Failure::Source)?;
+                if refused.as_ref() == Some(&from_file) {
+                    return Err(Failure::NeedsLogin(format!(
+                        "the refresh token was refused and {} holds no newer one",
+                        refresh_token_file.display()
+                    )));
+                }
+                GrantRequest::RefreshToken {
+                    refresh_token: from_file,
+                }
+            }
+            Grant::AuthorizationCode { .. } => {
+                return Err(Failure::NeedsLogin(
+                    "no usable refresh token; an authorization-code login is needed".into(),
+                ))
+            }
+        };
+        let from_refresh_file = matches!(grant, GrantRequest::RefreshToken { .. });
+        match self.call(grant).await {
+            Err(UpstreamError::InvalidGrant { message, .. }) if from_refresh_file => {
+                Err(Failure::NeedsLogin(format!(
+                    "the refresh token from refresh_token_file was refused: {message}"
+                )))
+            }
+            other => other.map_err(Failure::Upstream),
+        }
+    }
+
+    async fn subject_token(&self, subject_app: &str) -> Result<Secret, Failure> {
+        let unavailable = || {
+            Failure::Source(SourceError {
+                code: "subject_unavailable",
+                message: format!("subject app {subject_app} has no valid token"),
+            })
+        };
+        let mut subject = self.subject.clone().ok_or_else(unavailable)?;
+        let clock = self.clock;
+        let wait = async move {
+            let snapshot = subject
+                .wait_for(|s| {
+                    s.valid_token(clock.now()).is_some()
+                        || matches!(
+                            s.state,
+                            AppState::NeedsLogin | AppState::Failing | AppState::Expired
+                        )
+                })
+                .await
+                .ok()?;
+            let token = snapshot.valid_token(clock.now())?;
+            Some(token.access_token.clone())
+        };
+        match tokio::time::timeout(SUBJECT_WAIT, wait).await {
+            Ok(Some(token)) => Ok(token),
+            _ => Err(unavailable()),
+        }
+    }
+}
+
+struct Owner {
+    job: Job,
+    shared: Shared,
+    publish: watch::Sender<Snapshot>,
+    commands: mpsc::Receiver<Command>,
+    /// The newest refresh token: only the owner ever holds it.
+    refresh_token: Option<Secret>,
+    /// Consecutive failures (0 after a success).
+    failures: u32,
+    /// When to call upstream next on our own; `None` = only when asked.
+    next_attempt: Option<Instant>,
+    /// Logins that arrived while a call was in flight, run after it.
+    deferred: VecDeque<Command>,
+}
+
+impl Owner {
+    async fn run(mut self) {
+        let now = self.shared.clock.now();
+        let needs_login = matches!(self.job.app.grant, Grant::AuthorizationCode { .. })
+            && self.refresh_token.is_none();
+        if needs_login {
+            self.publish_with(|s| {
+                s.state = AppState::NeedsLogin;
+                s.next_refresh_at = None;
+            });
+        } else {
+            self.next_attempt = Some(now);
+        }
+        loop {
+            let command = match self.deferred.pop_front() {
+                Some(c) => Some(c),
+                None => {
+                    let next = self.next_attempt;
+                    let timer = async move {
+                        match next {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = timer => None,
+                        c = self.commands.recv() => match c {
+                            Some(c) => Some(c),
+                            None => return,
+                        },
+                    }
+                }
+            };
+            let flow = match command {
+                None => self.flight(Attempt::Refresh, Vec::new()).await,
+                Some(Command::Refresh {
+                    force,
+                    min_ttl,
+                    reply,
+                }) => match self.answer_without_call(force, min_ttl) {
+                    Some(answer) => {
+                        let _ = reply.send(answer);
+                        ControlFlow::Continue(())
+                    }
+                    None => self.flight(Attempt::Refresh, vec![reply]).await,
+                },
+                Some(Command::Login {
+                    code,
+                    code_verifier,
+                    redirect_uri,
+                    reply,
+                }) => {
+                    let attempt = Attempt::Login {
+                        code,
+                        code_verifier,
+                        redirect_uri,
+                    };
+                    self.flight(attempt, vec![reply]).await
+                }
+            };
+            if flow.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Answers a non-forced refresh request from what is held, when no call is due: the token
+    /// already has `min_ttl` left (another request just refreshed it), or the app is waiting
+    /// for a login, or it is backing off (clients asking harder must not defeat the backoff).
+    fn answer_without_call(
+        &self,
+        force: bool,
+        min_ttl: Duration,
+    ) -> Option<Result<Arc<Token>, ServeError>> {
+        if force {
+            return None;
+        }
+        let now = self.shared.clock.now();
+        let snapshot = self.publish.borrow();
+        let valid = snapshot.valid_token(now);
+        if let Some(t) = valid {
+            if t.ttl(now) >= min_ttl {
+                return Some(Ok(t.clone()));
+            }
+        }
+        if snapshot.state == AppState::NeedsLogin {
+            return Some(match valid {
+                Some(t) => Ok(t.clone()),
+                None => Err(ServeError::NeedsLogin {
+                    app: self.job.app.name.clone(),
+                }),
+            });
+        }
+        let backing_off = self.failures > 0 && self.next_attempt.is_some_and(|at| at > now);
+        if backing_off {
+            return Some(match valid {
+                Some(t) => Ok(t.clone()),
+                None => Err(self.unavailable(snapshot.last_error.as_ref())),
+            });
+        }
+        None
+    }
+
+    fn unavailable(&self, last: Option<&LastError>) -> ServeError {
+        ServeError::Unavailable {
+            app: self.job.app.name.clone(),
+            code: last.map_or("no_token".into(), |e| e.code.clone()),
+            message: last.map_or("no token has been issued yet".into(), |e| e.message.clone()),
+        }
+    }
+
+    /// Runs one attempt while still taking commands: refresh requests join it, logins wait.
+    async fn flight(&mut self, attempt: Attempt, mut waiters: Vec<Reply>) -> ControlFlow<()> {
+        self.publish_with(|s| s.state = AppState::Refreshing);
+        let job = self.job.clone().run(self.refresh_token.clone(), attempt);
+        tokio::pin!(job);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut job => break outcome,
+                command = self.commands.recv() => match command {
+                    Some(Command::Refresh { reply, .. }) => waiters.push(reply),
+                    Some(login @ Command::Login { .. }) => self.deferred.push_back(login),
+                    None => return ControlFlow::Break(()),
+                },
+            }
+        };
+        let answer = self.apply(outcome);
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Every outcome of an attempt, as one match: new state, schedule, answer.
+    fn apply(&mut self, outcome: Outcome) -> Result<Arc<Token>, ServeError> {
+        let clock = self.shared.clock;
+        let now = clock.now();
+        let app = self.job.app.name.clone();
+        if outcome.refresh_token_refused {
+            self.refresh_token = None;
+        }
+        let failure = match outcome.result {
+            Ok((issued, via)) => {
+                if let Some(refresh_token) = issued.refresh_token.clone() {
+                    self.refresh_token = Some(refresh_token);
+                }
+                let lifetime = Duration::from_secs(issued.expires_in);
+                let token = Arc::new(token_from(issued, now, clock));
+                let delay = refresh_delay(lifetime, &self.shared.policy, jitter_sample());
+                self.failures = 0;
+                self.next_attempt = Some(now + delay);
+                info!(
+                    app = %app, via, expires_in = lifetime.as_secs(),
+                    next_refresh_in = delay.as_secs(), refresh_token_held = self.refresh_token.is_some(),
+                    "token issued"
+                );
+                let published = token.clone();
+                self.publish_with(|s| {
+                    s.state = AppState::Ready;
+                    s.token = Some(published);
+                    s.last_refresh_at = Some(clock.wall(now));
+                    s.next_refresh_at = Some(clock.wall(now + delay));
+                    s.last_error = None;
+                });
+                return Ok(token);
+            }
+            Err(failure) => failure,
+        };
+        let last_error = LastError {
+            code: failure.code().to_owned(),
+            message: failure.message().to_owned(),
+            at: clock.wall(now),
+        };
+        let wait = match &failure {
+            Failure::NeedsLogin(_) => None,
+            Failure::Upstream(UpstreamError::SlowDown { .. }) => {
+                self.failures += 1;
+                Some(backoff(
+                    self.failures,
+                    self.shared.policy.max_backoff,
+                    unit_sample(),
+                    true,
+                ))
+            }
+            Failure::Upstream(UpstreamError::ConfigFault { .. }) => {
+                self.failures += 1;
+                Some(self.shared.policy.max_backoff)
+            }
+            Failure::Upstream(
+                UpstreamError::Transient { .. } | UpstreamError::InvalidGrant { .. },
+            )
+            | Failure::Source(_) => {
+                self.failures += 1;
+                Some(backoff(
+                    self.failures,
+                    self.shared.policy.max_backoff,
+                    unit_sample(),
+                    false,
+                ))
+            }
+        };
+        self.next_attempt = wait.map(|w| now + w);
+        let snapshot = self.publish.borrow().clone();
+        let valid = snapshot.valid_token(now).cloned();
+        let state = match (&failure, &valid, &snapshot.token) {
+            (Failure::NeedsLogin(_), _, _) => AppState::NeedsLogin,
+            (_, Some(_), _) | (_, None, None) => AppState::Failing,
+            (_, None, Some(_)) => AppState::Expired,
+        };
+        warn!(
+            app = %app, code = %last_error.code, error = %last_error.message,
+            failures = self.failures, retry_in = wait.map(|w| w.as_secs_f64()),
+            serving_last_good = valid.is_some(), state = state.as_str(),
+            "refresh failed"
+        );
+        let next_wall = self.next_attempt.map(|at| clock.wall(at));
+        let answer = match &failure {
+            Failure::NeedsLogin(_) => ServeError::NeedsLogin { app },
+            _ => self.unavailable(Some(&last_error)),
+        };
+        self.publish_with(|s| {
+            s.state = state;
+            s.next_refresh_at = next_wall;
+            s.last_error = Some(last_error);
+        });
+        Err(answer)
+    }
+
+    fn publish_with(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.publish.send_modify(change);
+    }
+}
+
+fn token_from(issued: IssuedToken, now: Instant, clock: Clock) -> Token {
+    let expires_at = now + Duration::from_secs(issued.expires_in);
+    let identity_context = issued.identity_context.or_else(|| {
+        issued
+            .id_token
+            .as_ref()
+            .and_then(|t| identity_context_claim(t.expose()))
+            .map(Secret::new)
+    });
+    Token {
+        access_token: issued.access_token,
+        token_type: issued.token_type,
+        expires_at,
+        expires_at_wall: clock.wall(expires_at),
+        scopes: issued.scopes,
+        issued_token_type: issued.issued_token_type,
+        id_token: issued.id_token,
+        identity_context,
+    }
+}
+
+/// Uniform in [-1, 1] for the refresh jitter.
+fn jitter_sample() -> f64 {
+    rand::random::<f64>() * 2.0 - 1.0
+}
+
+/// Uniform in [0, 1) for the backoff jitter.
+fn unit_sample() -> f64 {
+    rand::random::<f64>()
+}

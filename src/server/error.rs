@@ -1,0 +1,104 @@
+//! `ApiError`: the one place where domain errors become HTTP statuses and error codes
+//! (CONTRACT §5), and the error envelope `{"error": {"code", "message"}}`.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::refresh::ServeError;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// snake_case code.
+    pub code: &'static str,
+    /// One human sentence.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 `unknown_app`.
+    pub fn unknown_app(name: &str) -> ApiError {
+        let shown: String = name.chars().take(64).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("no app named {shown:?} is configured"),
+        )
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} is not served here"),
+        )
+    }
+
+    /// 405 `method_not_allowed` (not in the contract's list; see README "Socket API").
+    pub fn method_not_allowed(allowed: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this path takes {allowed}"),
+        )
+    }
+
+    /// 413 for a body over the limit.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// The answer.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message }
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(err: ServeError) -> ApiError {
+        let message = err.to_string();
+        match err {
+            ServeError::NeedsLogin { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "needs_login", message)
+            }
+            ServeError::Unavailable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_unavailable",
+                message,
+            ),
+            ServeError::WrongGrant { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_grant", message)
+            }
+        }
+    }
+}

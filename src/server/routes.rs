@@ -1,0 +1,277 @@
+//! One function per route of CONTRACT §5. Handlers read the broker and build JSON; the
+//! token JSON here is the one place a token is written out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use crate::broker::Broker;
+use crate::clock::rfc3339;
+use crate::config::Grant;
+use crate::refresh::{AppHandle, Token};
+use crate::secret::Secret;
+
+/// Largest request body taken (the login body is a few hundred bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Routes one request.
+pub async fn handle<B>(request: Request<B>, broker: Arc<Broker>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match route(request, &broker).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn route<B>(request: Request<B>, broker: &Broker) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: hyper::body::Body + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let method = request.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "health"] => {
+            only(&method, Method::GET)?;
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }
+        ["v1", "apps"] => {
+            only(&method, Method::GET)?;
+            Ok(list_apps(broker))
+        }
+        ["v1", "apps", name, action] => {
+            let app = broker
+                .app(name)
+                .ok_or_else(|| ApiError::unknown_app(name))?;
+            match *action {
+                "token" => {
+                    only(&method, Method::GET)?;
+                    let min_ttl = parse_min_ttl(query.as_deref())?;
+                    let token = app.token(min_ttl).await?;
+                    Ok(token_response(broker, &token))
+                }
+                "refresh" => {
+                    only(&method, Method::POST)?;
+                    let token = app.refresh().await?;
+                    Ok(token_response(broker, &token))
+                }
+                "login" => {
+                    only(&method, Method::POST)?;
+                    login(&app, request).await
+                }
+                "credentials" => Err(ApiError::not_found("/credentials (not built yet)")),
+                _ => Err(ApiError::not_found(&format!(
+                    "/v1/apps/{{app}}/{}",
+                    shown(action)
+                ))),
+            }
+        }
+        ["metrics"] => Err(ApiError::not_found("/metrics (not built yet)")),
+        _ => Err(ApiError::not_found(&shown(&path))),
+    }
+}
+
+fn only(method: &Method, allowed: Method) -> Result<(), ApiError> {
+    if *method == allowed {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(allowed.as_str()))
+    }
+}
+
+/// Echoes a client-supplied path piece safely: bounded, debug-quoted.
+fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(80).collect();
+    format!("{cut:?}")
+}
+
+/// `min_ttl=SECS`: whole non-negative seconds; other query keys are refused so a typo
+/// (`minttl=`) does not silently mean 0.
+fn parse_min_ttl(query: Option<&str>) -> Result<Duration, ApiError> {
+    let mut min_ttl = Duration::ZERO;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "min_ttl" {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {}",
+                shown(key)
+            )));
+        }
+        let secs: u64 = value
+            .parse()
+            .map_err(|_| ApiError::bad_request("min_ttl must be a whole number of seconds"))?;
+        if secs > 86_400 * 365 {
+            return Err(ApiError::bad_request("min_ttl is larger than a year"));
+        }
+        min_ttl = Duration::from_secs(secs);
+    }
+    Ok(min_ttl)
+}
+
+fn list_apps(broker: &Broker) -> Response<Full<Bytes>> {
+    let clock = broker.clock();
+    let now = clock.now();
+    let apps: Vec<Value> = broker
+        .apps()
+        .iter()
+        .map(|app| {
+            let snap = app.snapshot();
+            json!({
+                "name": app.name(),
+                "grant": app.config.grant.kind(),
+                "state": snap.effective_state(now).as_str(),
+                "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
+                "next_refresh_at": snap.next_refresh_at.map(rfc3339),
+                "last_refresh_at": snap.last_refresh_at.map(rfc3339),
+                "last_error": snap.last_error.as_ref().map(|e| json!({
+                    "code": e.code, "message": e.message, "at": rfc3339(e.at)
+                })),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "apps": apps }))
+}
+
+/// The token JSON of CONTRACT §5. Never the refresh token.
+fn token_response(broker: &Broker, token: &Token) -> Response<Full<Bytes>> {
+    let now = broker.clock().now();
+    let mut body = json!({
+        "access_token": token.access_token.expose(),
+        "token_type": token.token_type,
+        "expires_at": rfc3339(token.expires_at_wall),
+        "expires_in": token.ttl(now).as_secs(),
+    });
+    if let Some(scopes) = &token.scopes {
+        body["scopes"] = json!(scopes);
+    }
+    if let Some(t) = &token.issued_token_type {
+        body["issued_token_type"] = json!(t);
+    }
+    if let Some(t) = &token.id_token {
+        body["id_token"] = json!(t.expose());
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    code: Secret,
+    code_verifier: Secret,
+    redirect_uri: String,
+}
+
+async fn login<B>(app: &AppHandle, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: hyper::body::Body + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Grant::AuthorizationCode { redirect_uri } = &app.config.grant else {
+        return Err(crate::refresh::ServeError::WrongGrant {
+            app: app.name().to_owned(),
+        }
+        .into());
+    };
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::bad_request(
+            "the login body must be application/json",
+        ));
+    }
+    let bytes = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(MAX_BODY)
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    let body: LoginBody = serde_json::from_slice(&bytes).map_err(|e| {
+        // serde's message names the field or position, never the value.
+        ApiError::bad_request(format!(
+            "the login body must be {{\"code\", \"code_verifier\", \"redirect_uri\"}}: {}",
+            e.classify_name()
+        ))
+    })?;
+    if body.code.is_empty() || body.code_verifier.is_empty() {
+        return Err(ApiError::bad_request(
+            "code and code_verifier must not be empty",
+        ));
+    }
+    if body.redirect_uri != *redirect_uri {
+        return Err(ApiError::bad_request(
+            "redirect_uri does not match the app's configured redirect_uri",
+        ));
+    }
+    let token = app
+        .login(body.code, body.code_verifier, body.redirect_uri)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"state": "ready", "expires_at": rfc3339(token.expires_at_wall)}),
+    ))
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not valid JSON",
+            serde_json::error::Category::Data => {
+                "a member is missing, unknown or of the wrong type"
+            }
+            serde_json::error::Category::Eof => "the JSON ends early",
+        }
+    }
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_ttl_parsing() {
+        assert_eq!(parse_min_ttl(None).unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_min_ttl(Some("min_ttl=90")).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(parse_min_ttl(Some("min_ttl=-1")).is_err());
+        assert!(parse_min_ttl(Some("min_ttl=abc")).is_err());
+        assert!(parse_min_ttl(Some("minttl=5")).is_err());
+        assert!(parse_min_ttl(Some("min_ttl=99999999999999999999")).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! The two upstream calls, behind small traits the refresh engine declares, and the one error
+//! enum whose variants say what the caller does next. SDK types stop at this boundary.
+
+pub mod oidc;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::secret::Secret;
+
+/// A boxed future, so the traits can be used as `Arc<dyn ..>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `urn:ietf:params:oauth:token-type:access_token`: the only subject token type.
+pub const ACCESS_TOKEN_URN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The grant-specific members of one `CreateTokenWithIAM` call.
+#[derive(Debug, Clone)]
+pub enum GrantRequest {
+    /// `authorization_code`.
+    AuthorizationCode {
+        /// The code from the redirect.
+        code: Secret,
+        /// The redirect URI the code was issued for.
+        redirect_uri: String,
+        /// The PKCE verifier.
+        code_verifier: Secret,
+    },
+    /// `refresh_token`.
+    RefreshToken {
+        /// The refresh token.
+        refresh_token: Secret,
+    },
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer`.
+    JwtBearer {
+        /// The JWT from the trusted token issuer.
+        assertion: Secret,
+    },
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`.
+    TokenExchange {
+        /// The subject app's access token.
+        subject_token: Secret,
+        /// URN of the requested token type.
+        requested_token_type: &'static str,
+    },
+}
+
+impl GrantRequest {
+    /// The wire `grantType`.
+    pub fn grant_type(&self) -> &'static str {
+        match self {
+            GrantRequest::AuthorizationCode { .. } => "authorization_code",
+            GrantRequest::RefreshToken { .. } => "refresh_token",
+            GrantRequest::JwtBearer { .. } => "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            GrantRequest::TokenExchange { .. } => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            GrantRequest::AuthorizationCode { .. } => "authorization_code",
+            GrantRequest::RefreshToken { .. } => "refresh_token",
+            GrantRequest::JwtBearer { .. } => "jwt_bearer",
+            GrantRequest::TokenExchange { .. } => "token_exchange",
+        }
+    }
+}
+
+/// A successful `CreateTokenWithIAM` answer, checked: the token is non-empty and
+/// `expires_in` is positive.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// `accessToken`.
+    pub access_token: Secret,
+    /// `tokenType`.
+    pub token_type: String,
+    /// `expiresIn`, seconds, > 0.
+    pub expires_in: u64,
+    /// `refreshToken`.
+    pub refresh_token: Option<Secret>,
+    /// `idToken`.
+    pub id_token: Option<Secret>,
+    /// `issuedTokenType`.
+    pub issued_token_type: Option<String>,
+    /// `scope`.
+    pub scopes: Option<Vec<String>>,
+    /// `awsAdditionalDetails.identityContext`.
+    pub identity_context: Option<Secret>,
+}
+
+/// Longest `expiresIn` taken at face value (30 days). Longer answers are treated as this:
+/// a broken upstream must not make the daemon sit on a token for years.
+pub const MAX_EXPIRES_IN: u64 = 30 * 24 * 3600;
+
+/// Why an upstream call failed, named for what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The grant itself was refused (`invalid_grant`, `expired_token`): drop the refresh token
+    /// or code, re-run the app's own grant where it can be, else needs login.
+    #[error("{code}: {message}")]
+    InvalidGrant {
+        /// OAuth error code.
+        code: String,
+        /// Description.
+        message: String,
+    },
+    /// The service asked for less traffic (`slow_down`, throttling): back off, doubled.
+    #[error("{code}: {message}")]
+    SlowDown {
+        /// Error code.
+        code: String,
+        /// Description.
+        message: String,
+    },
+    /// Worth retrying soon with backoff: 5xx, timeouts, connection failures, garbled answers.
+    #[error("{code}: {message}")]
+    Transient {
+        /// Error code.
+        code: String,
+        /// Description.
+        message: String,
+    },
+    /// The app or the daemon's identity is misconfigured (`invalid_client`,
+    /// `unauthorized_client`, `invalid_scope`, `access_denied`, bad signature, ...): retrying
+    /// soon cannot help, so retry only at `max_backoff`.
+    #[error("{code}: {message}")]
+    ConfigFault {
+        /// Error code.
+        code: String,
+        /// Description.
+        message: String,
+    },
+}
+
+impl UpstreamError {
+    /// The snake_case code.
+    pub fn code(&self) -> &str {
+        match self {
+            UpstreamError::InvalidGrant { code, .. }
+            | UpstreamError::SlowDown { code, .. }
+            | UpstreamError::Transient { code, .. }
+            | UpstreamError::ConfigFault { code, .. } => code,
+        }
+    }
+
+    /// The human message.
+    pub fn message(&self) -> &str {
+        match self {
+            UpstreamError::InvalidGrant { message, .. }
+            | UpstreamError::SlowDown { message, .. }
+            | UpstreamError::Transient { message, .. }
+            | UpstreamError::ConfigFault { message, .. } => message,
+        }
+    }
+
+    pub(crate) fn transient(code: &str, message: impl Into<String>) -> UpstreamError {
+        UpstreamError::Transient {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Issues tokens for one app (`CreateTokenWithIAM`).
+pub trait TokenIssuer: Send + Sync {
+    /// One call, no retries: the refresh engine owns retrying.
+    fn create_token(
+        &self,
+        grant: GrantRequest,
+    ) -> BoxFuture<'_, Result<IssuedToken, UpstreamError>>;
+}
