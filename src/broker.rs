@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::{Config, Grant};
+use crate::refresh::credentials::CredentialCache;
 use crate::refresh::policy::Policy;
 use crate::refresh::scheduler::Shared;
 use crate::refresh::AppHandle;
@@ -38,7 +39,15 @@ impl Broker {
                 _ => None,
             };
             let issuer = upstreams.token_issuer(&app).await;
-            let handle = AppHandle::spawn(app, issuer, subject, shared.clone(), None);
+            let mut handle = AppHandle::spawn(app.clone(), issuer, subject, shared.clone(), None);
+            if let Some(assumer) = upstreams.role_assumer(&app).await {
+                handle = handle.with_credentials(CredentialCache::new(
+                    assumer,
+                    shared.policy,
+                    clock,
+                    shared.permits.clone(),
+                ));
+            }
             apps.insert(name, Arc::new(handle));
         }
         Broker {

@@ -1,6 +1,221 @@
-//! `serve --dev` (filled in once the simulator lands).
+//! `serve --dev`: the daemon doing its real job against the built-in simulator, like
+//! `vault server -dev`. Starts the simulator on an ephemeral loopback port, writes a demo
+//! config (one app per grant, 60 s tokens so refreshes show within a minute) into a fresh
+//! directory, logs the demo authorization-code app in, and serves until Ctrl-C.
+
+use std::path::{Path, PathBuf};
+
+use aws_credential_types::Credentials;
+use base64::Engine;
+use http::Method;
+use tracing::{info, warn};
+
+use crate::client::SocketClient;
 use crate::cmd::Failure;
-/// Runs dev mode.
+use crate::config::LogFormat;
+use crate::secret::Secret;
+use crate::sim::{Sim, SimOptions};
+use crate::upstream::oidc::Upstreams;
+
+/// Lifetime of the simulator's tokens in dev mode.
+pub const DEV_TOKEN_LIFETIME_SECS: u64 = 60;
+
+const ACCOUNT: &str = "123456789012";
+const REDIRECT_URI: &str = "http://127.0.0.1:8400/callback";
+
+fn client_id(app: &str) -> String {
+    format!("arn:aws:sso::{ACCOUNT}:application/ssoins-7223000000000001/apl-{app}0000000001")
+}
+
+/// A JWT-shaped assertion for the demo jwt-bearer app (the simulator checks shape, not
+/// signature).
+fn demo_assertion() -> String {
+    let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!(
+        "{}.{}.{}",
+        enc(r#"{"alg":"RS256","typ":"JWT"}"#),
+        enc(r#"{"sub":"dev-user","iss":"https://idp.dev.invalid","aud":"iamtokend"}"#),
+        enc("demo-signature")
+    )
+}
+
+/// Writes the demo config under `dir`; returns the main file.
+pub fn write_demo_config(dir: &Path, endpoint: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let apps = dir.join("apps.d");
+    std::fs::create_dir_all(&apps)?;
+    std::fs::write(dir.join("assertion.jwt"), demo_assertion())?;
+    std::fs::write(dir.join("reports.refresh"), "dev-seed-refresh-token")?;
+    for f in ["assertion.jwt", "reports.refresh"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600))?;
+    }
+    let main = dir.join("iamtokend.toml");
+    std::fs::write(
+        &main,
+        format!(
+            r#"# Written by `iamtokend serve --dev`; removed when it exits.
+apps_dir = "apps.d"
+
+[server]
+socket = "{socket}"
+socket_mode = "0600"
+
+[state]
+dir = "{state}"
+
+[refresh]
+at = 0.5
+jitter = 0.1
+min_lead = "10s"
+max_backoff = "30s"
+max_concurrent = 8
+"#,
+            socket = dir.join("iamtokend.sock").display(),
+            state = dir.join("state").display(),
+        ),
+    )?;
+    let common = |name: &str| {
+        format!(
+            "client_id = \"{}\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n",
+            client_id(name)
+        )
+    };
+    let apps_toml = [
+        (
+            "analytics",
+            format!(
+                "{}grant = \"jwt-bearer\"\nscopes = [\"openid\", \"aws\", \"sts:identity_context\"]\nassertion_file = \"../assertion.jwt\"\n",
+                common("analytics")
+            ),
+        ),
+        (
+            "reports",
+            format!(
+                "{}grant = \"refresh-token\"\nrefresh_token_file = \"../reports.refresh\"\n",
+                common("reports")
+            ),
+        ),
+        (
+            "warehouse",
+            format!(
+                "{}grant = \"token-exchange\"\nsubject_app = \"analytics\"\nrequested_token_type = \"access_token\"\n",
+                common("warehouse")
+            ),
+        ),
+        (
+            "portal",
+            format!(
+                "{}grant = \"authorization-code\"\nredirect_uri = \"{REDIRECT_URI}\"\n",
+                common("portal")
+            ),
+        ),
+    ];
+    for (name, body) in apps_toml {
+        std::fs::write(apps.join(format!("{name}.toml")), body)?;
+    }
+    Ok(main)
+}
+
+/// Runs dev mode until SIGINT/SIGTERM.
 pub async fn run() -> Result<(), Failure> {
-    Err(Failure::failed("dev mode not built yet"))
+    crate::logging::init(LogFormat::Text, "info");
+    let options = SimOptions {
+        token_lifetime: std::time::Duration::from_secs(DEV_TOKEN_LIFETIME_SECS),
+        ..SimOptions::default()
+    };
+    let credentials = Credentials::new(
+        options.access_key_id.clone(),
+        options.secret_access_key.clone(),
+        None,
+        None,
+        "iamtokend-dev",
+    );
+    let sim = Sim::start(options)
+        .await
+        .map_err(|e| Failure::failed(format!("cannot start the simulator: {e}")))?;
+    sim.seed_refresh_token(&client_id("reports"), "dev-seed-refresh-token");
+    let dir = dev_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
+    let main = write_demo_config(&dir, &sim.endpoint_url())
+        .map_err(|e| Failure::failed(format!("cannot write the demo config: {e}")))?;
+    let config = crate::config::load(&main)
+        .map_err(|d| Failure::failed(format!("the demo config is invalid (a bug):\n{d}")))?;
+    info!(simulator = %sim.endpoint_url(), config = %main.display(), "dev mode");
+
+    let portal_code = {
+        let verifier = crate::pkce::verifier();
+        let code = sim.issue_auth_code(
+            &client_id("portal"),
+            REDIRECT_URI,
+            &crate::pkce::challenge(&verifier),
+        );
+        (Secret::new(code), verifier)
+    };
+    let result =
+        crate::cmd::serve::serve(config, Upstreams::with_credentials(credentials), |socket| {
+            print_banner(socket, &main, &sim.endpoint_url());
+            let socket = socket.to_owned();
+            tokio::spawn(async move { log_in_portal(&socket, portal_code).await });
+        })
+        .await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The demo's authorization-code app is logged in the way `iamtokend login` would: a code
+/// the simulator issued for our PKCE challenge, handed to the daemon over the socket.
+async fn log_in_portal(socket: &Path, (code, verifier): (Secret, Secret)) {
+    let body = serde_json::json!({
+        "code": code.expose(),
+        "code_verifier": verifier.expose(),
+        "redirect_uri": REDIRECT_URI,
+    });
+    match SocketClient::new(socket)
+        .request(Method::POST, "/v1/apps/portal/login", Some(&body))
+        .await
+    {
+        Ok(answer) if answer.status.is_success() => info!(app = "portal", "demo login done"),
+        Ok(answer) => warn!(app = "portal", error = %answer.error_message(), "demo login failed"),
+        Err(e) => warn!(app = "portal", error = %e, "demo login failed"),
+    }
+}
+
+fn dev_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("iamtokend-dev-{}", std::process::id()))
+}
+
+fn print_banner(socket: &Path, config: &Path, simulator: &str) {
+    let s = socket.display();
+    println!(
+        r#"
+iamtokend is running in dev mode against a simulated Identity Center at {simulator}
+(no AWS account or network used; tokens live {DEV_TOKEN_LIFETIME_SECS} s, so refreshes show within a minute).
+
+  socket:  {s}
+  config:  {config}
+  apps:    analytics (jwt-bearer), reports (refresh-token),
+           warehouse (token-exchange of analytics), portal (authorization-code, logged in for you)
+
+Try, in another terminal:
+  export IAMTOKEND_SOCKET={s}
+  cargo run --release -- status
+  cargo run --release -- token analytics
+  cargo run --release -- refresh warehouse
+  curl --unix-socket {s} http://localhost/v1/apps
+  curl --unix-socket {s} http://localhost/v1/apps/portal/token
+
+Ctrl-C stops it and removes {dir}.
+"#,
+        config = config.display(),
+        dir = config
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
 }

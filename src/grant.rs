@@ -130,6 +130,11 @@ fn secret_from_bytes(bytes: Vec<u8>) -> Option<Secret> {
 /// The `sts:identity_context` claim of an idToken (base64url JSON payload; no signature check
 /// is needed to read it, see the reference §2).
 pub fn identity_context_claim(id_token: &str) -> Option<String> {
+    identity_claim(id_token, "sts:identity_context")
+}
+
+/// A string claim of a JWT's payload (read without verifying: the daemon only routes on it).
+pub fn identity_claim(id_token: &str, claim: &str) -> Option<String> {
     use base64::Engine;
     let payload = id_token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -137,7 +142,7 @@ pub fn identity_context_claim(id_token: &str) -> Option<String> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims
-        .get("sts:identity_context")?
+        .get(claim)?
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_owned)

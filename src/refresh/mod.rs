@@ -1,5 +1,6 @@
 //! Keeping each app's token fresh: the pure policy, the app states, and the owner task.
 
+pub mod credentials;
 pub mod policy;
 pub mod scheduler;
 pub mod state;

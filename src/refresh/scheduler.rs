@@ -47,6 +47,12 @@ pub enum ServeError {
         /// The underlying error message.
         message: String,
     },
+    /// Credentials asked of an app without `[role]`.
+    #[error("app {app} has no [role]; add one to get AWS credentials")]
+    NoRole {
+        /// App name.
+        app: String,
+    },
     /// `login` asked of an app whose grant is not authorization-code.
     #[error("app {app} does not use the authorization-code grant")]
     WrongGrant {
@@ -91,6 +97,8 @@ pub struct AppHandle {
     snapshot: watch::Receiver<Snapshot>,
     commands: mpsc::Sender<Command>,
     clock: Clock,
+    /// Role credentials, for apps with `[role]`.
+    credentials: Option<super::credentials::CredentialCache>,
 }
 
 impl AppHandle {
@@ -128,6 +136,23 @@ impl AppHandle {
             snapshot,
             commands,
             clock,
+            credentials: None,
+        }
+    }
+
+    /// Gives the app its role-credential cache.
+    pub fn with_credentials(mut self, cache: super::credentials::CredentialCache) -> AppHandle {
+        self.credentials = Some(cache);
+        self
+    }
+
+    /// Identity-enhanced role credentials (`[role]` apps).
+    pub async fn credentials(&self) -> Result<Arc<super::credentials::Credentials>, ServeError> {
+        match &self.credentials {
+            Some(cache) => cache.get(self).await,
+            None => Err(ServeError::NoRole {
+                app: self.config.name.clone(),
+            }),
         }
     }
 

@@ -96,6 +96,7 @@ impl From<ServeError> for ApiError {
                 "token_unavailable",
                 message,
             ),
+            ServeError::NoRole { .. } => ApiError::new(StatusCode::CONFLICT, "no_role", message),
             ServeError::WrongGrant { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_grant", message)
             }

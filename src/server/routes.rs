@@ -70,7 +70,14 @@ where
                     only(&method, Method::POST)?;
                     login(&app, request).await
                 }
-                "credentials" => Err(ApiError::not_found("/credentials (not built yet)")),
+                "credentials" => {
+                    only(&method, Method::GET)?;
+                    let creds = app.credentials().await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &crate::refresh::credentials::credential_process_json(&creds),
+                    ))
+                }
                 _ => Err(ApiError::not_found(&format!(
                     "/v1/apps/{{app}}/{}",
                     shown(action)

@@ -2,6 +2,7 @@
 //! enum whose variants say what the caller does next. SDK types stop at this boundary.
 
 pub mod oidc;
+pub mod sts;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -80,6 +80,13 @@ impl Upstreams {
         config
     }
 
+    /// A role assumer for an app with a `[role]`.
+    pub async fn role_assumer(&self, app: &AppConfig) -> Option<Arc<dyn super::sts::RoleAssumer>> {
+        let role = app.role.as_ref()?;
+        let sdk = self.sdk_config(app.aws.profile.as_deref()).await;
+        Some(Arc::new(super::sts::StsAssumer::new(&sdk, app, role)))
+    }
+
     /// A token issuer for one app.
     pub async fn token_issuer(&self, app: &AppConfig) -> Arc<dyn TokenIssuer> {
         let sdk = self.sdk_config(app.aws.profile.as_deref()).await;

@@ -1,0 +1,158 @@
+//! STS `AssumeRole` with `ProvidedContexts` (identity-enhanced role sessions) through
+//! aws-sdk-sts, and its errors mapped onto [`UpstreamError`].
+
+use std::time::SystemTime;
+
+use aws_config::Region;
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_sdk_sts::types::ProvidedContext;
+
+use super::{BoxFuture, UpstreamError};
+use crate::config::{AppConfig, RoleConfig};
+use crate::secret::Secret;
+
+/// The context provider for Identity Center assertions (reference §2).
+pub const IDENTITY_CENTER_PROVIDER: &str = "arn:aws:iam::aws:contextProvider/IdentityCenter";
+
+/// Role credentials as STS returned them.
+#[derive(Debug, Clone)]
+pub struct RoleCredentials {
+    /// `AccessKeyId` (not secret on its own, but never logged either).
+    pub access_key_id: String,
+    /// `SecretAccessKey`.
+    pub secret_access_key: Secret,
+    /// `SessionToken`.
+    pub session_token: Secret,
+    /// `Expiration`.
+    pub expiration: SystemTime,
+}
+
+/// Assumes one app's role.
+pub trait RoleAssumer: Send + Sync {
+    /// One `AssumeRole` call with `context_assertion` as the provided context; no retries.
+    fn assume_role(
+        &self,
+        context_assertion: Secret,
+    ) -> BoxFuture<'_, Result<RoleCredentials, UpstreamError>>;
+}
+
+/// The SDK-backed assumer.
+pub(crate) struct StsAssumer {
+    pub(crate) client: aws_sdk_sts::Client,
+    pub(crate) role: RoleConfig,
+}
+
+impl StsAssumer {
+    /// A client for `app`'s `[role]`, in the app's region.
+    pub(crate) fn new(
+        sdk: &aws_config::SdkConfig,
+        app: &AppConfig,
+        role: &RoleConfig,
+    ) -> StsAssumer {
+        let mut builder =
+            aws_sdk_sts::config::Builder::from(sdk).region(Region::new(app.region.clone()));
+        if let Some(url) = &role.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        StsAssumer {
+            client: aws_sdk_sts::Client::from_conf(builder.build()),
+            role: role.clone(),
+        }
+    }
+}
+
+impl RoleAssumer for StsAssumer {
+    fn assume_role(
+        &self,
+        context_assertion: Secret,
+    ) -> BoxFuture<'_, Result<RoleCredentials, UpstreamError>> {
+        Box::pin(async move {
+            let context = ProvidedContext::builder()
+                .provider_arn(IDENTITY_CENTER_PROVIDER)
+                .context_assertion(context_assertion.expose())
+                .build();
+            let out = self
+                .client
+                .assume_role()
+                .role_arn(&self.role.arn)
+                .role_session_name(&self.role.session_name)
+                .duration_seconds(self.role.duration.as_secs().min(43_200) as i32)
+                .provided_contexts(context)
+                .send()
+                .await
+                .map_err(map_error)?;
+            let creds = out.credentials().ok_or_else(|| {
+                UpstreamError::transient(
+                    "bad_answer",
+                    "the AssumeRole answer carried no credentials",
+                )
+            })?;
+            let expiration = SystemTime::try_from(*creds.expiration()).map_err(|_| {
+                UpstreamError::transient("bad_answer", "the AssumeRole Expiration is out of range")
+            })?;
+            if creds.access_key_id().is_empty() || creds.secret_access_key().is_empty() {
+                return Err(UpstreamError::transient(
+                    "bad_answer",
+                    "the AssumeRole answer carried empty credentials",
+                ));
+            }
+            Ok(RoleCredentials {
+                access_key_id: creds.access_key_id().to_owned(),
+                secret_access_key: Secret::new(creds.secret_access_key()),
+                session_token: Secret::new(creds.session_token()),
+                expiration,
+            })
+        })
+    }
+}
+
+/// STS errors by what the caller does. `InvalidContextAssertion` (and an expired token) map to
+/// `InvalidGrant`: get a fresh token and retry once.
+fn map_error(err: SdkError<AssumeRoleError>) -> UpstreamError {
+    let context = DisplayErrorContext(&err).to_string();
+    let service = match err {
+        SdkError::ServiceError(service) => service,
+        SdkError::TimeoutError(_) => {
+            return UpstreamError::transient("timeout", "the call to STS timed out")
+        }
+        SdkError::DispatchFailure(_) => {
+            return UpstreamError::transient(
+                "connection_failed",
+                format!("could not reach STS: {context}"),
+            )
+        }
+        SdkError::ResponseError(_) => {
+            return UpstreamError::transient(
+                "bad_answer",
+                format!("STS's answer could not be read: {context}"),
+            )
+        }
+        _ => {
+            return UpstreamError::ConfigFault {
+                code: "request_failed".into(),
+                message: format!("the call could not be made: {context}"),
+            }
+        }
+    };
+    let status = service.raw().status().as_u16();
+    let err = service.into_err();
+    let raw_code = err.code().unwrap_or("Unknown").to_owned();
+    let message = err
+        .message()
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("STS answered HTTP {status} {raw_code}"));
+    let code = raw_code.clone();
+    match raw_code.as_str() {
+        "InvalidContextAssertion" | "ExpiredTokenException" | "ExpiredToken" => {
+            UpstreamError::InvalidGrant { code, message }
+        }
+        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => {
+            UpstreamError::SlowDown { code, message }
+        }
+        _ if status >= 500 => UpstreamError::Transient { code, message },
+        _ if status == 429 => UpstreamError::SlowDown { code, message },
+        _ => UpstreamError::ConfigFault { code, message },
+    }
+}

@@ -1,0 +1,114 @@
+//! Every grant type reaches `ready` and serves exactly the token the simulator issued.
+
+use crate::support::{client_id, TestEnv};
+use iamtokend::sim::Service;
+
+/// Access tokens the simulator issued to `app` (from its answers, via the token route).
+async fn served_token(daemon: &crate::support::Daemon, app: &str) -> String {
+    let (status, body) = daemon.get(&format!("/v1/apps/{app}/token")).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    env.refresh_app("reports", "seed-refresh-token-1");
+    env.exchange_app("warehouse", "analytics");
+    env.authcode_app("portal", "http://127.0.0.1:8400/callback");
+    let daemon = env.daemon().await;
+    for app in ["analytics", "reports", "warehouse"] {
+        daemon.wait_state(app, "ready", 10).await;
+    }
+    daemon.wait_state("portal", "needs_login", 5).await;
+
+    // The CLI prints the token the simulator issued, and nothing else.
+    let out = daemon.cli(&["token", "analytics"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        printed,
+        format!("{}\n", served_token(&daemon, "analytics").await)
+    );
+
+    // Every call was correctly signed, and each grant sent what it should.
+    let calls = env.sim.calls();
+    assert!(calls.iter().all(|c| c.signature_valid), "{calls:?}");
+    let grant_of = |app: &str| {
+        calls
+            .iter()
+            .filter(|c| {
+                c.service == Service::Oidc && c.client_id.as_deref() == Some(&client_id(app))
+            })
+            .map(|c| c.grant_type.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        grant_of("analytics"),
+        ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+    );
+    assert_eq!(grant_of("reports"), ["refresh_token"]);
+    assert_eq!(
+        grant_of("warehouse"),
+        ["urn:ietf:params:oauth:grant-type:token-exchange"]
+    );
+    let reports = calls
+        .iter()
+        .find(|c| c.client_id.as_deref() == Some(&client_id("reports")))
+        .unwrap();
+    assert_eq!(reports.params["refreshToken"], "seed-refresh-token-1");
+    // token-exchange presented analytics' current access token as the subject.
+    let exchange = calls
+        .iter()
+        .find(|c| c.client_id.as_deref() == Some(&client_id("warehouse")))
+        .unwrap();
+    assert_eq!(
+        exchange.params["subjectToken"],
+        served_token(&daemon, "analytics").await
+    );
+
+    // The authorization-code app logs in with a code + verifier issued for its challenge.
+    let verifier = iamtokend::pkce::verifier();
+    let code = env.sim.issue_auth_code(
+        &client_id("portal"),
+        "http://127.0.0.1:8400/callback",
+        &iamtokend::pkce::challenge(&verifier),
+    );
+    let body = serde_json::json!({"code": code, "code_verifier": verifier.expose(),
+        "redirect_uri": "http://127.0.0.1:8400/callback"});
+    let (status, answer) = daemon.post("/v1/apps/portal/login", Some(&body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "ready");
+    daemon.wait_state("portal", "ready", 5).await;
+    served_token(&daemon, "portal").await;
+    // A used code is refused by the simulator: the login answer says so.
+    let (status, answer) = daemon.post("/v1/apps/portal/login", Some(&body)).await;
+    assert_eq!(status, 503, "{answer}");
+}
+
+#[tokio::test]
+async fn assertion_file_change_is_picked_up_on_the_next_refresh() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    // The app holds no refresh token (the simulator gives none for jwt-bearer by default), so
+    // a forced refresh runs the jwt-bearer grant again and must re-read the file.
+    std::fs::write(
+        env.path("analytics.jwt"),
+        crate::support::assertion("rotated-user"),
+    )
+    .unwrap();
+    let out = daemon.cli(&["refresh", "analytics"]);
+    assert!(out.status.success(), "{out:?}");
+    let assertions: Vec<String> = env
+        .sim
+        .calls()
+        .iter()
+        .filter_map(|c| c.params.get("assertion").cloned())
+        .collect();
+    assert_eq!(assertions.len(), 2);
+    assert_eq!(assertions[0], crate::support::assertion("analytics"));
+    assert_eq!(assertions[1], crate::support::assertion("rotated-user"));
+}

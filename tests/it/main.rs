@@ -1,0 +1,19 @@
+//! Integration tests: the real `iamtokend` binary on a temporary socket against the in-repo
+//! simulator (which verifies every request's SigV4 signature and body).
+//!
+//! - `grants`: each grant reaches ready and serves the simulator's token; assertion re-read.
+//! - `refresh`: refresh before expiry, never an expired token, single flight, recovery,
+//!   slow_down, bad signatures.
+//! - `socket_api`: routes, the error envelope and codes.
+//! - `cli`: client subcommands, output and exit codes; check-config.
+//! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
+//! - `redaction`: planted canary secrets never reach the logs.
+
+mod support;
+
+mod cli;
+mod grants;
+mod process;
+mod redaction;
+mod refresh;
+mod socket_api;
