@@ -190,9 +190,14 @@ fn dev_dir() -> PathBuf {
     base.join(format!("iamtokend-dev-{}", std::process::id()))
 }
 
+/// Prints the banner on stdout. Write errors are ignored: a closed stdout (the terminal went
+/// away, a pipe reader quit) must not take the daemon down, as `println!` would.
 fn print_banner(socket: &Path, config: &Path, simulator: &str) {
+    use std::io::Write;
     let s = socket.display();
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         r#"
 iamtokend is running in dev mode against a simulated Identity Center at {simulator}
 (no AWS account or network used; tokens live {DEV_TOKEN_LIFETIME_SECS} s, so refreshes show within a minute).

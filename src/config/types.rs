@@ -28,7 +28,7 @@ pub struct Config {
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// `socket`, when set; otherwise `paths::default_socket` decides.
+    /// `socket`, when set; otherwise `paths::socket_path` decides.
     pub socket: Option<PathBuf>,
     /// `socket_mode`, parsed from its octal string. Default 0o660.
     pub socket_mode: u32,
@@ -37,7 +37,7 @@ pub struct ServerConfig {
 /// `[state]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
-    /// `dir`, when set; otherwise `paths::default_state_dir` decides.
+    /// `dir`, when set; otherwise `paths::state_dir` decides.
     pub dir: Option<PathBuf>,
 }
 

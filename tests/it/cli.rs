@@ -8,7 +8,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_status_refresh_and_exit_codes() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -16,27 +16,29 @@ async fn token_status_refresh_and_exit_codes() {
     let daemon = env.daemon().await;
     daemon.wait_state("analytics", "ready", 10).await;
 
-    let out = daemon.cli(&["token", "analytics", "--format", "json"]);
+    let out = daemon
+        .cli(&["token", "analytics", "--format", "json"])
+        .await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["token_type"], "Bearer");
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 
-    let out = daemon.cli(&["token", "analytics", "--min-ttl", "60"]);
+    let out = daemon.cli(&["token", "analytics", "--min-ttl", "60"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout).lines().count(), 1);
 
     // A failure the daemon reports: exit 1, one line on stderr, nothing on stdout.
-    let out = daemon.cli(&["token", "nope"]);
+    let out = daemon.cli(&["token", "nope"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
-    let out = daemon.cli(&["token", "portal"]);
+    let out = daemon.cli(&["token", "portal"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("login"), "{}", text(&out.stderr));
 
     // status: a table with a row per app; exit 1 because portal is not ready.
-    let out = daemon.cli(&["status"]);
+    let out = daemon.cli(&["status"]).await;
     let table = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{table}");
     assert!(table.lines().next().unwrap().starts_with("APP"));
@@ -48,18 +50,18 @@ async fn token_status_refresh_and_exit_codes() {
         table.contains("portal") && table.contains("needs_login"),
         "{table}"
     );
-    let out = daemon.cli(&["status", "--format", "json"]);
+    let out = daemon.cli(&["status", "--format", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["apps"].as_array().unwrap().len(), 2);
 
-    let out = daemon.cli(&["refresh", "analytics"]);
+    let out = daemon.cli(&["refresh", "analytics"]).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.is_empty());
 
     // Usage error: exit 2.
-    let out = daemon.cli(&["token"]);
+    let out = daemon.cli(&["token"]).await;
     assert_eq!(out.status.code(), Some(2));
-    let out = daemon.cli(&["token", "Bad/Name"]);
+    let out = daemon.cli(&["token", "Bad/Name"]).await;
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -79,4 +81,49 @@ fn unreachable_daemon_exits_3() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `check-config` on the shipped examples (valid) and on every broken fixture: exit 1 and
+/// exactly the expected `FILE:LINE:COL: message` lines on stderr, all at once.
+#[test]
+fn check_config_reports_every_problem_with_file_line_col() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |dir: &std::path::Path| {
+        Command::new(bin())
+            .current_dir(dir)
+            .args(["check-config", "--config", "iamtokend.toml"])
+            .env_remove("IAMTOKEND_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&root.join("config"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    for dir in std::fs::read_dir(root.join("tests/fixtures/config/valid")).unwrap() {
+        let dir = dir.unwrap().path();
+        let out = run(&dir);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            dir.display(),
+            text(&out.stderr)
+        );
+    }
+    let mut cases = 0;
+    for dir in std::fs::read_dir(root.join("tests/fixtures/config/invalid")).unwrap() {
+        let dir = dir.unwrap().path();
+        let expected = std::fs::read_to_string(dir.join("expected.txt")).unwrap();
+        let out = run(&dir);
+        assert_eq!(out.status.code(), Some(1), "{}", dir.display());
+        assert!(out.stdout.is_empty());
+        let got: Vec<String> = text(&out.stderr)
+            .lines()
+            .map(|l| l.strip_prefix("iamtokend: ").unwrap_or(l).to_owned())
+            .collect();
+        let want: Vec<&str> = expected.lines().collect();
+        assert_eq!(got, want, "{}", dir.display());
+        cases += 1;
+    }
+    assert!(cases >= 12, "{cases} invalid fixtures");
 }

@@ -10,7 +10,7 @@ async fn served_token(daemon: &crate::support::Daemon, app: &str) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -24,7 +24,7 @@ async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
     daemon.wait_state("portal", "needs_login", 5).await;
 
     // The CLI prints the token the simulator issued, and nothing else.
-    let out = daemon.cli(&["token", "analytics"]);
+    let out = daemon.cli(&["token", "analytics"]).await;
     assert!(out.status.success(), "{out:?}");
     let printed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
@@ -87,7 +87,7 @@ async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
     assert_eq!(status, 503, "{answer}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assertion_file_change_is_picked_up_on_the_next_refresh() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -100,7 +100,7 @@ async fn assertion_file_change_is_picked_up_on_the_next_refresh() {
         crate::support::assertion("rotated-user"),
     )
     .unwrap();
-    let out = daemon.cli(&["refresh", "analytics"]);
+    let out = daemon.cli(&["refresh", "analytics"]).await;
     assert!(out.status.success(), "{out:?}");
     let assertions: Vec<String> = env
         .sim

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::{bin, TestEnv};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_removes_the_socket_and_exits_0() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -19,7 +19,7 @@ async fn sigterm_drains_removes_the_socket_and_exits_0() {
     assert!(!socket.exists(), "socket file left behind");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -35,7 +35,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     assert_eq!(s, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_mode_is_applied() {
     use std::os::unix::fs::PermissionsExt;
     let env = TestEnv::new(3600).await;
@@ -60,7 +60,7 @@ async fn socket_mode_is_applied() {
     assert_eq!(mode, 0o600);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_dev_runs_every_demo_app() {
     let runtime_dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin())

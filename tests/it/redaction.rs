@@ -2,7 +2,7 @@
 
 use crate::support::{client_id, TestEnv};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_secrets_never_reach_the_logs() {
     let env = TestEnv::new(3600).await;
     let assertion = crate::support::assertion("canary-subject-5d1f");
@@ -19,11 +19,11 @@ async fn canary_secrets_never_reach_the_logs() {
     // Make the daemon use and rotate secrets: forced refreshes, a served token.
     let mut served = Vec::new();
     for app in ["analytics", "reports", "warehouse"] {
-        assert!(daemon.cli(&["refresh", app]).status.success());
-        let out = daemon.cli(&["token", app]);
+        assert!(daemon.cli(&["refresh", app]).await.status.success());
+        let out = daemon.cli(&["token", app]).await;
         served.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
     }
-    let status = daemon.cli(&["status", "--format", "json"]);
+    let status = daemon.cli(&["status", "--format", "json"]).await;
     let logs = daemon.logs();
     assert!(logs.contains("token issued"), "logs are empty?\n{logs}");
     let mut canaries: Vec<String> = vec![

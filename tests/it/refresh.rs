@@ -15,7 +15,7 @@ fn calls_for(env: &TestEnv, app: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_refreshed_before_expiry_and_every_answer_is_valid() {
     // 3 s tokens, min_lead 1 s: refreshed ~1.5 s after issue, so a reader polling for 5 s
     // never sees an error and sees several tokens.
@@ -46,7 +46,7 @@ async fn tokens_are_refreshed_before_expiry_and_every_answer_is_valid() {
     assert!(env.sim.calls().iter().all(|c| c.signature_valid));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_forced_refreshes_make_at_most_two_calls() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -71,7 +71,7 @@ async fn hundred_concurrent_forced_refreshes_make_at_most_two_calls() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_then_success_recovers_without_intervention() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -104,7 +104,7 @@ async fn call_gaps(env: &TestEnv, app: &str, calls: usize, limit: Duration) -> V
     times.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_down_makes_the_daemon_wait_longer() {
     // max_backoff 1 s: a plain failure waits 0.5-1 s, slow_down doubles it to 1-2 s.
     let env = TestEnv::new(3600).await;
@@ -140,7 +140,7 @@ async fn slow_down_makes_the_daemon_wait_longer() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_signing_secret_is_rejected_by_the_simulator() {
     // Proves the simulator verifies signatures: the same daemon with a wrong secret gets
     // nothing, and the failure is a config fault shown in status.

@@ -14,7 +14,7 @@ fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, code: &
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_error_codes() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
@@ -63,7 +63,7 @@ async fn routes_and_error_codes() {
     assert_error(s, &b, 409, "wrong_grant");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_body_errors_and_garbage_bytes_get_clean_answers() {
     let env = TestEnv::new(3600).await;
     env.authcode_app("portal", "http://127.0.0.1:8400/callback");

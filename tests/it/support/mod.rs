@@ -278,15 +278,16 @@ impl Daemon {
         }
     }
 
-    /// Runs the binary as a client of this daemon.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
+    /// Runs the binary as a client of this daemon (async: the simulator shares this runtime).
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(bin())
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
             .env_remove("IAMTOKEND_SOCKET")
             .env_remove("IAMTOKEND_CONFIG")
             .output()
+            .await
             .expect("cli runs")
     }
 
