@@ -365,15 +365,25 @@ fn issue(
         .insert(access_token.clone(), session.clone());
     inner.contexts.insert(context.clone(), session);
 
+    let scope = request
+        .scope
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SCOPES.map(str::to_owned).to_vec());
+    // As the real service: the identity context (claim and awsAdditionalDetails) comes only
+    // with the scope sts:identity_context.
+    let with_context = scope.iter().any(|s| s == "sts:identity_context");
+    let mut claims = json!({
+        "sub": user,
+        "aud": client_id,
+        "iat": now,
+        "exp": expires_at,
+    });
+    if with_context {
+        claims["sts:identity_context"] = Value::String(context.clone());
+    }
     let id_token = [
         json!({ "alg": "RS256", "typ": "JWT", "kid": "iamtokend-sim" }),
-        json!({
-            "sub": user,
-            "aud": client_id,
-            "iat": now,
-            "exp": expires_at,
-            "sts:identity_context": context,
-        }),
+        claims,
     ]
     .iter()
     .map(|part| wire::b64url(part.to_string()))
@@ -381,10 +391,6 @@ fn issue(
     .collect::<Vec<_>>()
     .join(".");
 
-    let scope = request
-        .scope
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SCOPES.map(str::to_owned).to_vec());
     let mut body = json!({
         "accessToken": access_token,
         "tokenType": "Bearer",
@@ -392,8 +398,10 @@ fn issue(
         "idToken": id_token,
         "issuedTokenType": issued_type,
         "scope": scope,
-        "awsAdditionalDetails": { "identityContext": context },
     });
+    if with_context {
+        body["awsAdditionalDetails"] = json!({ "identityContext": context });
+    }
     if with_refresh_token {
         let refresh_token = format!("aor-{}", wire::random_alnum(48));
         inner.refresh_tokens.insert(

@@ -12,6 +12,7 @@
 mod support;
 
 mod cli;
+mod credentials;
 mod grants;
 mod process;
 mod redaction;
