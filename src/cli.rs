@@ -57,6 +57,17 @@ pub enum Command {
         /// The app.
         app: String,
     },
+    /// Run an app's grant once, without a daemon, and print what Identity Center answered.
+    Fetch {
+        /// The app.
+        app: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FetchFormat::Text)]
+        format: FetchFormat,
+        /// Print tokens in full instead of masked.
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Authorization-code bootstrap with PKCE.
     Login {
         /// The app.
@@ -83,4 +94,15 @@ pub enum StatusFormat {
     Table,
     /// The `/v1/apps` JSON.
     Json,
+}
+
+/// `fetch --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FetchFormat {
+    /// `field: value` lines.
+    Text,
+    /// One JSON object with the service's member names.
+    Json,
+    /// Aligned columns.
+    Table,
 }

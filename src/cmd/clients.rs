@@ -23,7 +23,7 @@ pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure>
         Command::Login { .. } => Err(Failure::failed(
             "login is not available in this build yet (see README: authorization-code apps)",
         )),
-        Command::Serve { .. } | Command::CheckConfig => {
+        Command::Serve { .. } | Command::CheckConfig | Command::Fetch { .. } => {
             Err(Failure::usage("not a client subcommand"))
         }
     }

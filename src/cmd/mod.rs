@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod clients;
+pub mod fetch;
 pub mod serve;
 
 use std::io::Write;
@@ -60,6 +61,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve { dev: true } => serve::run_dev().await,
         Command::Serve { dev: false } => serve::run(&config_file).await,
         Command::CheckConfig => check_config::run(&config_file),
+        Command::Fetch {
+            app,
+            format,
+            show_secrets,
+        } => fetch::run(&config_file, &app, format, show_secrets).await,
         command => {
             let socket = cli
                 .socket

@@ -127,3 +127,54 @@ fn check_config_reports_every_problem_with_file_line_col() {
     }
     assert!(cases >= 12, "{cases} invalid fixtures");
 }
+
+/// `fetch` runs the grant once with no daemon: a token-exchange app runs its subject's grant
+/// first. Tokens are masked unless `--show-secrets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_runs_a_grant_once_without_a_daemon() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    env.exchange_app("warehouse", "analytics");
+    let fetch = |args: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(env.main_file())
+            .arg("fetch")
+            .args(args);
+        crate::support::daemon_env(&mut cmd, &env.options, env.dir.path());
+        tokio::process::Command::from(cmd).output()
+    };
+    let out = fetch(&["warehouse", "--format", "json"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["accessToken"].as_str().unwrap().starts_with("****"),
+        "{json}"
+    );
+    assert_eq!(json["tokenType"], "Bearer");
+    assert_eq!(json["expiresIn"], 3600);
+    let grants: Vec<String> = env
+        .sim
+        .calls()
+        .iter()
+        .filter_map(|c| c.grant_type.clone())
+        .collect();
+    assert_eq!(
+        grants,
+        [
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ]
+    );
+
+    let out = fetch(&["analytics", "--show-secrets"]).await.unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.lines().any(|l| l.starts_with("accessToken: aoa-")),
+        "{shown}"
+    );
+
+    let out = fetch(&["nope"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}
