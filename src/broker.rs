@@ -12,6 +12,7 @@ use crate::refresh::credentials::CredentialCache;
 use crate::refresh::policy::Policy;
 use crate::refresh::scheduler::Shared;
 use crate::refresh::AppHandle;
+use crate::store::Store;
 use crate::upstream::oidc::Upstreams;
 
 /// Running apps by name.
@@ -23,12 +24,23 @@ pub struct Broker {
 
 impl Broker {
     /// Starts every app of `config`; each fetches its first token on its own.
-    pub async fn start(config: &Config, upstreams: &Upstreams, clock: Clock) -> Broker {
+    /// Saved refresh tokens in `store` are picked up first.
+    pub async fn start(
+        config: &Config,
+        upstreams: &Upstreams,
+        clock: Clock,
+        store: Option<Arc<Store>>,
+    ) -> Broker {
         let shared = Shared {
             clock,
             policy: policy_of(config),
             permits: Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
+            store: store.clone(),
         };
+        let wall_secs = clock
+            .wall_now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut apps: BTreeMap<String, Arc<AppHandle>> = BTreeMap::new();
         for name in dependency_order(config) {
             let app = Arc::new(config.apps[&name].clone());
@@ -39,7 +51,10 @@ impl Broker {
                 _ => None,
             };
             let issuer = upstreams.token_issuer(&app).await;
-            let mut handle = AppHandle::spawn(app.clone(), issuer, subject, shared.clone(), None);
+            let saved = store
+                .as_ref()
+                .and_then(|s| s.load(&name, &app.client_id, wall_secs));
+            let mut handle = AppHandle::spawn(app.clone(), issuer, subject, shared.clone(), saved);
             if let Some(assumer) = upstreams.role_assumer(&app).await {
                 handle = handle.with_credentials(CredentialCache::new(
                     assumer,

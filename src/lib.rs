@@ -28,4 +28,5 @@ pub mod secret;
 pub mod server;
 pub mod signals;
 pub mod sim;
+pub mod store;
 pub mod upstream;

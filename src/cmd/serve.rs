@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Failure;
 use crate::broker::Broker;
@@ -33,7 +33,15 @@ pub async fn serve(
     let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
     let (listener, socket_file) = crate::server::bind(&socket, config.server.socket_mode)
         .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", socket.display())))?;
-    let broker = Arc::new(Broker::start(&config, &upstreams, Clock::system()).await);
+    let state_dir = paths::state_dir(config.state.dir.as_deref(), &Env::from_process());
+    let store = match crate::store::Store::open(&state_dir) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => {
+            warn!(dir = %state_dir.display(), error = %e, "cannot use the state dir; refresh tokens will not survive a restart");
+            None
+        }
+    };
+    let broker = Arc::new(Broker::start(&config, &upstreams, Clock::system(), store).await);
     info!(socket = %socket.display(), apps = config.apps.len(), "listening");
     on_listening(socket_file.path());
     crate::server::run(listener, broker, crate::signals::shutdown()).await;

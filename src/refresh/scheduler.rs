@@ -88,6 +88,8 @@ pub struct Shared {
     pub policy: Policy,
     /// `max_concurrent`: held only around the upstream call itself.
     pub permits: Arc<Semaphore>,
+    /// Where refresh tokens are saved; `None` runs without persistence.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// A running app: its config, its snapshot, and the way to its owner task.
@@ -594,10 +596,19 @@ impl Owner {
         let app = self.job.app.name.clone();
         if outcome.refresh_token_refused {
             self.refresh_token = None;
+            if let Some(store) = &self.shared.store {
+                store.remove(&app);
+            }
         }
         let failure = match outcome.result {
             Ok((issued, via)) => {
                 if let Some(refresh_token) = issued.refresh_token.clone() {
+                    // Saved before anything else uses it: the old one may already be dead.
+                    if let Some(store) = &self.shared.store {
+                        if let Err(e) = store.save(&app, &self.job.app.client_id, &refresh_token) {
+                            warn!(app = %app, error = %e, "cannot save the new refresh token; it is kept in memory only");
+                        }
+                    }
                     self.refresh_token = Some(refresh_token);
                 }
                 let lifetime = Duration::from_secs(issued.expires_in);
@@ -817,6 +828,7 @@ mod tests {
                 max_backoff: Duration::from_secs(max_backoff),
             },
             permits: Arc::new(Semaphore::new(8)),
+            store: None,
         }
     }
 

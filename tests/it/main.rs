@@ -18,3 +18,4 @@ mod process;
 mod redaction;
 mod refresh;
 mod socket_api;
+mod state;

@@ -1,0 +1,74 @@
+//! The state dir: rotated refresh tokens survive a restart; damaged files are moved aside.
+
+use std::os::unix::fs::MetadataExt;
+
+use crate::support::{client_id, TestEnv};
+
+fn refresh_calls(env: &TestEnv, app: &str) -> Vec<iamtokend::sim::Call> {
+    env.sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_rotation_presents_the_newest_refresh_token_first() {
+    let env = TestEnv::new(3600).await;
+    env.refresh_app("reports", "seed-refresh-token");
+    let daemon = env.daemon().await;
+    daemon.wait_state("reports", "ready", 10).await;
+    for _ in 0..3 {
+        assert!(daemon.cli(&["refresh", "reports"]).await.status.success());
+    }
+    assert_eq!(daemon.stop().code(), Some(0));
+    let before = refresh_calls(&env, "reports");
+    assert_eq!(before.len(), 4);
+    let state = env.path("state");
+    assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(state.join("reports.json"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // The simulator rotates: every token already sent is dead. Only the newest works.
+    let daemon = env.daemon().await;
+    daemon.wait_state("reports", "ready", 10).await;
+    let after = refresh_calls(&env, "reports");
+    assert_eq!(after.len(), 5, "one call after restart");
+    let first = &after[4];
+    assert_eq!(first.status, 200);
+    let presented = &first.params["refreshToken"];
+    assert!(
+        before
+            .iter()
+            .all(|c| &c.params["refreshToken"] != presented),
+        "a stale token was presented"
+    );
+    assert_ne!(presented, "seed-refresh-token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_is_moved_aside_and_the_daemon_starts() {
+    let env = TestEnv::new(3600).await;
+    env.refresh_app("reports", "seed-refresh-token");
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    std::fs::write(env.path("state/reports.json"), b"\x00garbage{").unwrap();
+    let daemon = env.daemon().await;
+    daemon.wait_state("reports", "ready", 10).await;
+    // It fell back to refresh_token_file.
+    assert_eq!(
+        refresh_calls(&env, "reports")[0].params["refreshToken"],
+        "seed-refresh-token"
+    );
+    let aside: Vec<String> = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("reports.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(daemon.logs().contains("moved aside"));
+}
