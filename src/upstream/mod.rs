@@ -163,6 +163,41 @@ impl UpstreamError {
     }
 }
 
+/// Splits any SDK call's error: the service's own error (with the HTTP status) to classify,
+/// or the transport failures every call shares, already classified.
+pub(crate) fn split_sdk_error<E>(
+    err: aws_sdk_ssooidc::error::SdkError<E>,
+    service: &str,
+) -> Result<(E, u16), UpstreamError>
+where
+    E: std::error::Error + 'static,
+{
+    use aws_sdk_ssooidc::error::{DisplayErrorContext, SdkError};
+    let context = DisplayErrorContext(&err).to_string();
+    match err {
+        SdkError::ServiceError(service_error) => {
+            let status = service_error.raw().status().as_u16();
+            Ok((service_error.into_err(), status))
+        }
+        SdkError::TimeoutError(_) => Err(UpstreamError::transient(
+            "timeout",
+            format!("the call to {service} timed out"),
+        )),
+        SdkError::DispatchFailure(_) => Err(UpstreamError::transient(
+            "connection_failed",
+            format!("could not reach {service}: {context}"),
+        )),
+        SdkError::ResponseError(_) => Err(UpstreamError::transient(
+            "bad_answer",
+            format!("{service}'s answer could not be read: {context}"),
+        )),
+        _ => Err(UpstreamError::ConfigFault {
+            code: "request_failed".into(),
+            message: format!("the call could not be made: {context}"),
+        }),
+    }
+}
+
 /// Issues tokens for one app (`CreateTokenWithIAM`).
 pub trait TokenIssuer: Send + Sync {
     /// One call, no retries: the refresh engine owns retrying.

@@ -9,7 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
-use aws_sdk_ssooidc::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssooidc::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssooidc::operation::create_token_with_iam::{
     CreateTokenWithIAMError, CreateTokenWithIamOutput,
 };
@@ -193,33 +193,10 @@ fn issued_token(out: CreateTokenWithIamOutput) -> Result<IssuedToken, UpstreamEr
 /// The reference's error table, as one match.
 pub(crate) fn map_error(err: SdkError<CreateTokenWithIAMError>) -> UpstreamError {
     use CreateTokenWithIAMError as E;
-    let context = DisplayErrorContext(&err).to_string();
-    let service = match err {
-        SdkError::ServiceError(service) => service,
-        SdkError::TimeoutError(_) => {
-            return UpstreamError::transient("timeout", "the call to Identity Center timed out")
-        }
-        SdkError::DispatchFailure(_) => {
-            return UpstreamError::transient(
-                "connection_failed",
-                format!("could not reach Identity Center: {context}"),
-            )
-        }
-        SdkError::ResponseError(_) => {
-            return UpstreamError::transient(
-                "bad_answer",
-                format!("Identity Center's answer could not be read: {context}"),
-            )
-        }
-        _ => {
-            return UpstreamError::ConfigFault {
-                code: "request_failed".into(),
-                message: format!("the call could not be made: {context}"),
-            }
-        }
+    let (err, status) = match super::split_sdk_error(err, "Identity Center") {
+        Ok(service_error) => service_error,
+        Err(e) => return e,
     };
-    let status = service.raw().status().as_u16();
-    let err = service.into_err();
     // Modeled errors carry the OAuth `error` and `error_description`; `.message()` is None.
     let (code, description, default_code) = match &err {
         E::InvalidGrantException(e) => (e.error(), e.error_description(), "invalid_grant"),

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use aws_config::Region;
-use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 use aws_sdk_sts::types::ProvidedContext;
 
@@ -110,33 +110,10 @@ impl RoleAssumer for StsAssumer {
 /// STS errors by what the caller does. `InvalidContextAssertion` (and an expired token) map to
 /// `InvalidGrant`: get a fresh token and retry once.
 fn map_error(err: SdkError<AssumeRoleError>) -> UpstreamError {
-    let context = DisplayErrorContext(&err).to_string();
-    let service = match err {
-        SdkError::ServiceError(service) => service,
-        SdkError::TimeoutError(_) => {
-            return UpstreamError::transient("timeout", "the call to STS timed out")
-        }
-        SdkError::DispatchFailure(_) => {
-            return UpstreamError::transient(
-                "connection_failed",
-                format!("could not reach STS: {context}"),
-            )
-        }
-        SdkError::ResponseError(_) => {
-            return UpstreamError::transient(
-                "bad_answer",
-                format!("STS's answer could not be read: {context}"),
-            )
-        }
-        _ => {
-            return UpstreamError::ConfigFault {
-                code: "request_failed".into(),
-                message: format!("the call could not be made: {context}"),
-            }
-        }
+    let (err, status) = match super::split_sdk_error(err, "STS") {
+        Ok(service_error) => service_error,
+        Err(e) => return e,
     };
-    let status = service.raw().status().as_u16();
-    let err = service.into_err();
     let raw_code = err.code().unwrap_or("Unknown").to_owned();
     let message = err
         .message()

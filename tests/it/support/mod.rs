@@ -306,20 +306,12 @@ impl Daemon {
     }
 
     /// SIGTERM and wait (≤ 10 s).
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        let mut child = self.child.take().unwrap();
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!("daemon did not stop within 10s");
+        self.wait_exit()
     }
 
-    /// Waits for the process to exit on its own (≤ 10 s).
+    /// Waits for the process to exit (≤ 10 s).
     pub fn wait_exit(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         for _ in 0..200 {
