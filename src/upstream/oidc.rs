@@ -73,7 +73,11 @@ impl Upstreams {
             loader = loader.profile_name(p);
         }
         if let Some(creds) = &self.credentials_override {
-            loader = loader.credentials_provider(creds.clone());
+            // A region too, so the SDK's region chain never probes IMDS: dev mode talks to
+            // loopback only. (Each client still gets its app's region.)
+            loader = loader
+                .credentials_provider(creds.clone())
+                .region(Region::new("us-east-1"));
         }
         let config = loader.load().await;
         configs.insert(key, config.clone());
