@@ -193,3 +193,26 @@ async fn no_role_and_missing_identity_context_are_clear_errors() {
     assert!(stderr.contains("sts:identity_context"), "{stderr}");
     assert!(assume_role_calls(&env).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_failures_serve_the_last_good_credentials_until_they_expire() {
+    let env = TestEnv::new(3600).await;
+    // 3 s credentials: due for refresh after 0.75 s, expired after 3 s.
+    env.sim.set_credentials_lifetime(Some(Duration::from_secs(3)));
+    role_app(&env, "analytics", WITH_CONTEXT);
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let (s, first) = daemon.get("/v1/apps/analytics/credentials").await;
+    assert_eq!(s, 200, "{first}");
+    for _ in 0..20 {
+        env.sim.push_fault(iamtokend::sim::Fault::server_error());
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (s, during) = daemon.get("/v1/apps/analytics/credentials").await;
+    assert_eq!(s, 200, "{during}");
+    assert_eq!(during["AccessKeyId"], first["AccessKeyId"], "last good served");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, after) = daemon.get("/v1/apps/analytics/credentials").await;
+    assert_eq!(s, 503, "expired credentials must not be served: {after}");
+    assert_eq!(after["error"]["code"], "token_unavailable");
+}
