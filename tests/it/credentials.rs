@@ -198,7 +198,8 @@ async fn no_role_and_missing_identity_context_are_clear_errors() {
 async fn sts_failures_serve_the_last_good_credentials_until_they_expire() {
     let env = TestEnv::new(3600).await;
     // 3 s credentials: due for refresh after 0.75 s, expired after 3 s.
-    env.sim.set_credentials_lifetime(Some(Duration::from_secs(3)));
+    env.sim
+        .set_credentials_lifetime(Some(Duration::from_secs(3)));
     role_app(&env, "analytics", WITH_CONTEXT);
     let daemon = env.daemon().await;
     daemon.wait_state("analytics", "ready", 10).await;
@@ -210,7 +211,10 @@ async fn sts_failures_serve_the_last_good_credentials_until_they_expire() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (s, during) = daemon.get("/v1/apps/analytics/credentials").await;
     assert_eq!(s, 200, "{during}");
-    assert_eq!(during["AccessKeyId"], first["AccessKeyId"], "last good served");
+    assert_eq!(
+        during["AccessKeyId"], first["AccessKeyId"],
+        "last good served"
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (s, after) = daemon.get("/v1/apps/analytics/credentials").await;
     assert_eq!(s, 503, "expired credentials must not be served: {after}");
