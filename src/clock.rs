@@ -6,7 +6,7 @@
 //! and a step of the system clock (NTP) never makes a token look fresher than it is.
 //! This is the only module allowed to read `SystemTime::now`.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 /// Monotonic "now" plus the wall time it corresponds to.
@@ -60,9 +60,7 @@ impl Clock {
         let wall_now = self.wall(now);
         match wall.duration_since(wall_now) {
             Ok(ahead) => now + ahead,
-            Err(behind) => now
-                .checked_sub(behind.duration())
-                .unwrap_or(now - Duration::from_secs(0)),
+            Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
         }
     }
 }
@@ -75,6 +73,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn wall_moves_with_paused_time() {

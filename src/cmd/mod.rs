@@ -58,7 +58,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let env = Env::from_process();
     let config_file = paths::config_file(cli.config.as_deref(), &env);
     match cli.command {
-        Command::Serve { dev: true } => serve::run_dev().await,
+        Command::Serve { dev: true } => crate::dev::run().await,
         Command::Serve { dev: false } => serve::run(&config_file).await,
         Command::CheckConfig => check_config::run(&config_file),
         Command::Fetch {

@@ -49,8 +49,3 @@ pub async fn serve(
     info!("stopped");
     Ok(())
 }
-
-/// `serve --dev`: the simulator on loopback and demo apps of every grant.
-pub async fn run_dev() -> Result<(), Failure> {
-    crate::dev::run().await
-}

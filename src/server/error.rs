@@ -2,7 +2,7 @@
 //! (CONTRACT §5), and the error envelope `{"error": {"code", "message"}}`.
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::refresh::ServeError;
@@ -74,13 +74,7 @@ impl ApiError {
         let body = serde_json::json!({
             "error": { "code": self.code, "message": self.message }
         });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = self.status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        response
+        super::routes::json_response(self.status, &body)
     }
 }
 
