@@ -28,6 +28,9 @@ pub const SUBJECT_WAIT: Duration = Duration::from_secs(30);
 /// bounded (SDK call timeout, command timeout, subject wait), so this only guards against bugs.
 pub const REPLY_WAIT: Duration = Duration::from_secs(120);
 
+/// Forced refreshes arriving this soon after a successful call share its token.
+pub const FORCE_COALESCE: Duration = Duration::from_secs(1);
+
 /// Why a token cannot be served; the socket maps each to a status and code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServeError {
@@ -131,6 +134,7 @@ impl AppHandle {
             failures: 0,
             next_attempt: None,
             deferred: VecDeque::new(),
+            forced_issued_at: None,
         };
         tokio::spawn(owner.run());
         AppHandle {
@@ -454,6 +458,9 @@ struct Owner {
     next_attempt: Option<Instant>,
     /// Logins that arrived while a call was in flight, run after it.
     deferred: VecDeque<Command>,
+    /// When the last successful forced refresh completed: forced refreshes just after it
+    /// share its token.
+    forced_issued_at: Option<Instant>,
 }
 
 impl Owner {
@@ -490,7 +497,7 @@ impl Owner {
                 }
             };
             let flow = match command {
-                None => self.flight(Attempt::Refresh, Vec::new()).await,
+                None => self.flight(Attempt::Refresh, Vec::new(), false).await,
                 Some(Command::Refresh {
                     force,
                     min_ttl,
@@ -500,7 +507,7 @@ impl Owner {
                         let _ = reply.send(answer);
                         ControlFlow::Continue(())
                     }
-                    None => self.flight(Attempt::Refresh, vec![reply]).await,
+                    None => self.flight(Attempt::Refresh, vec![reply], force).await,
                 },
                 Some(Command::Login {
                     code,
@@ -513,7 +520,7 @@ impl Owner {
                         code_verifier,
                         redirect_uri,
                     };
-                    self.flight(attempt, vec![reply]).await
+                    self.flight(attempt, vec![reply], false).await
                 }
             };
             if flow.is_break() {
@@ -530,12 +537,20 @@ impl Owner {
         force: bool,
         min_ttl: Duration,
     ) -> Option<Result<Arc<Token>, ServeError>> {
-        if force {
-            return None;
-        }
         let now = self.shared.clock.now();
         let snapshot = self.publish.borrow();
         let valid = snapshot.valid_token(now);
+        if force {
+            // A burst of forced refreshes is one refresh: those that arrive just after a
+            // call completed get its token, like those that arrived while it ran.
+            let just_issued = self
+                .forced_issued_at
+                .is_some_and(|at| now.saturating_duration_since(at) < FORCE_COALESCE);
+            return match valid {
+                Some(t) if just_issued => Some(Ok(t.clone())),
+                _ => None,
+            };
+        }
         if let Some(t) = valid {
             if t.ttl(now) >= min_ttl {
                 return Some(Ok(t.clone()));
@@ -568,7 +583,12 @@ impl Owner {
     }
 
     /// Runs one attempt while still taking commands: refresh requests join it, logins wait.
-    async fn flight(&mut self, attempt: Attempt, mut waiters: Vec<Reply>) -> ControlFlow<()> {
+    async fn flight(
+        &mut self,
+        attempt: Attempt,
+        mut waiters: Vec<Reply>,
+        mut forced: bool,
+    ) -> ControlFlow<()> {
         self.publish_with(|s| s.state = AppState::Refreshing);
         let job = self.job.clone().run(self.refresh_token.clone(), attempt);
         tokio::pin!(job);
@@ -576,13 +596,19 @@ impl Owner {
             tokio::select! {
                 outcome = &mut job => break outcome,
                 command = self.commands.recv() => match command {
-                    Some(Command::Refresh { reply, .. }) => waiters.push(reply),
+                    Some(Command::Refresh { reply, force, .. }) => {
+                        forced |= force;
+                        waiters.push(reply);
+                    }
                     Some(login @ Command::Login { .. }) => self.deferred.push_back(login),
                     None => return ControlFlow::Break(()),
                 },
             }
         };
         let answer = self.apply(outcome);
+        if forced && answer.is_ok() {
+            self.forced_issued_at = Some(self.shared.clock.now());
+        }
         for waiter in waiters {
             let _ = waiter.send(answer.clone());
         }
@@ -897,8 +923,16 @@ mod tests {
             tokens.insert(t.await.unwrap().unwrap().access_token.expose().to_owned());
         }
         let made = issuer.calls() - before;
-        assert!((1..=2).contains(&made), "{made} upstream calls");
-        assert_eq!(tokens.len(), made);
+        assert_eq!(made, 1, "{made} upstream calls");
+        assert_eq!(tokens.len(), 1);
+        // A straggler of the burst shares it too; a forced refresh a while later is a new call.
+        let straggler = handle.refresh().await.unwrap();
+        assert!(tokens.contains(straggler.access_token.expose()));
+        assert_eq!(issuer.calls() - before, 1);
+        tokio::time::sleep(FORCE_COALESCE).await;
+        let later = handle.refresh().await.unwrap();
+        assert!(!tokens.contains(later.access_token.expose()));
+        assert_eq!(issuer.calls() - before, 2);
     }
 
     #[tokio::test(start_paused = true)]
