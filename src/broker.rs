@@ -5,21 +5,41 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::Semaphore;
+use tracing::warn;
 
 use crate::clock::Clock;
 use crate::config::{Config, Grant};
 use crate::refresh::credentials::CredentialCache;
-use crate::refresh::policy::Policy;
+use crate::refresh::policy::{LivePolicy, Policy};
 use crate::refresh::scheduler::Shared;
 use crate::refresh::AppHandle;
 use crate::store::Store;
 use crate::upstream::oidc::Upstreams;
 
-/// Running apps by name.
+/// Running apps by name, and what a reload needs to start more.
 pub struct Broker {
-    /// std `RwLock`: held only to clone an `Arc`, never across an await.
+    /// std `RwLock`: held only to clone an `Arc` or swap one entry, never across an await.
     apps: RwLock<BTreeMap<String, Arc<AppHandle>>>,
     clock: Clock,
+    shared: Shared,
+    upstreams: Upstreams,
+    /// The config the running apps were started from; the lock also serializes reloads.
+    config: tokio::sync::Mutex<Config>,
+}
+
+/// What a reload did, for the log and for tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Apps started that did not exist before.
+    pub added: Vec<String>,
+    /// Apps stopped, and their saved state deleted.
+    pub removed: Vec<String>,
+    /// Apps restarted with a new config (or because their subject app was).
+    pub changed: Vec<String>,
+    /// Apps left running as they were.
+    pub unchanged: Vec<String>,
+    /// Settings that changed but apply only at restart.
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl Broker {
@@ -27,47 +47,144 @@ impl Broker {
     /// Saved refresh tokens in `store` are picked up first.
     pub async fn start(
         config: &Config,
-        upstreams: &Upstreams,
+        upstreams: Upstreams,
         clock: Clock,
         store: Option<Arc<Store>>,
     ) -> Broker {
         let shared = Shared {
             clock,
-            policy: policy_of(config),
+            policy: LivePolicy::new(policy_of(config)),
             permits: Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
-            store: store.clone(),
+            store,
         };
-        let wall_secs = clock
+        let broker = Broker {
+            apps: RwLock::new(BTreeMap::new()),
+            clock,
+            shared,
+            upstreams,
+            config: tokio::sync::Mutex::new(config.clone()),
+        };
+        for name in dependency_order(config) {
+            let handle = broker.spawn_app(&config.apps[&name]).await;
+            broker.write().insert(name, handle);
+        }
+        broker
+    }
+
+    /// Applies `new`: apps added are started, removed ones stopped (their saved refresh token
+    /// deleted), changed ones restarted; an unchanged app keeps running with its token and
+    /// makes no call. A token-exchange app whose subject app is restarted is restarted too,
+    /// so it watches the new one. `[refresh]` applies to every app from its next scheduling
+    /// decision; `[server]`, `[state]` and `[log]` only at restart (reported).
+    pub async fn reload(&self, new: Config) -> ReloadReport {
+        let mut current = self.config.lock().await;
+        let mut report = ReloadReport::default();
+        if current.server != new.server {
+            report.needs_restart.push("[server]");
+        }
+        if current.state != new.state {
+            report.needs_restart.push("[state]");
+        }
+        if current.log != new.log {
+            report.needs_restart.push("[log]");
+        }
+        if current.refresh != new.refresh {
+            self.shared.policy.set(policy_of(&new));
+            resize(
+                &self.shared.permits,
+                current.refresh.max_concurrent.max(1),
+                new.refresh.max_concurrent.max(1),
+            );
+        }
+        for name in current.apps.keys() {
+            if !new.apps.contains_key(name) {
+                let handle = self.write().remove(name);
+                if let Some(handle) = handle {
+                    handle.stop().await;
+                }
+                if let Some(store) = &self.shared.store {
+                    store.remove(name);
+                }
+                report.removed.push(name.clone());
+            }
+        }
+        for name in dependency_order(&new) {
+            let app = &new.apps[&name];
+            let subject_restarted = match &app.grant {
+                Grant::TokenExchange { subject_app, .. } => report
+                    .added
+                    .iter()
+                    .chain(&report.changed)
+                    .any(|n| n == subject_app),
+                _ => false,
+            };
+            let old = self.app(&name);
+            match old {
+                Some(_) if current.apps.get(&name) == Some(app) && !subject_restarted => {
+                    report.unchanged.push(name);
+                    continue;
+                }
+                Some(old) => {
+                    // Stopped first: a rotation in flight is saved before the new owner
+                    // loads the saved refresh token.
+                    old.stop().await;
+                    report.changed.push(name.clone());
+                }
+                None => report.added.push(name.clone()),
+            }
+            let handle = self.spawn_app(app).await;
+            self.write().insert(name, handle);
+        }
+        *current = new;
+        report
+    }
+
+    /// Starts one app's owner (and credential cache), with its saved refresh token.
+    async fn spawn_app(&self, app: &crate::config::AppConfig) -> Arc<AppHandle> {
+        let app = Arc::new(app.clone());
+        let subject = match &app.grant {
+            Grant::TokenExchange { subject_app, .. } => {
+                self.app(subject_app).map(|s| s.subscribe())
+            }
+            _ => None,
+        };
+        let issuer = self.upstreams.token_issuer(&app).await;
+        let wall_secs = self
+            .clock
             .wall_now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut apps: BTreeMap<String, Arc<AppHandle>> = BTreeMap::new();
-        for name in dependency_order(config) {
-            let app = Arc::new(config.apps[&name].clone());
-            let subject = match &app.grant {
-                Grant::TokenExchange { subject_app, .. } => {
-                    apps.get(subject_app).map(|s| s.subscribe())
-                }
-                _ => None,
-            };
-            let issuer = upstreams.token_issuer(&app).await;
-            let saved = store
-                .as_ref()
-                .and_then(|s| s.load(&name, &app.client_id, wall_secs));
-            let mut handle = AppHandle::spawn(app.clone(), issuer, subject, shared.clone(), saved);
-            if let Some(assumer) = upstreams.role_assumer(&app).await {
-                handle = handle.with_credentials(CredentialCache::new(
-                    assumer,
-                    shared.policy,
-                    clock,
-                    shared.permits.clone(),
-                ));
-            }
-            apps.insert(name, Arc::new(handle));
+        let saved = self
+            .shared
+            .store
+            .as_ref()
+            .and_then(|s| s.load(&app.name, &app.client_id, wall_secs));
+        let mut handle = AppHandle::spawn(app.clone(), issuer, subject, self.shared.clone(), saved);
+        if let Some(assumer) = self.upstreams.role_assumer(&app).await {
+            handle = handle.with_credentials(CredentialCache::new(
+                assumer,
+                self.shared.policy.clone(),
+                self.clock,
+                self.shared.permits.clone(),
+            ));
         }
-        Broker {
-            apps: RwLock::new(apps),
-            clock,
+        Arc::new(handle)
+    }
+
+    /// Stops every app at once, letting calls in flight finish within `limit` (so a rotated
+    /// refresh token is saved); whatever is still running after that is left to process exit.
+    pub async fn stop(&self, limit: std::time::Duration) {
+        let apps = std::mem::take(&mut *self.write());
+        let mut stopping = tokio::task::JoinSet::new();
+        for app in apps.into_values() {
+            stopping.spawn(async move { app.stop().await });
+        }
+        let all = async { while stopping.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            warn!(
+                apps = stopping.len(),
+                "calls still in flight at exit are abandoned"
+            );
         }
     }
 
@@ -87,9 +204,34 @@ impl Broker {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<AppHandle>>> {
-        // A panic while holding the lock cannot leave the map half-written (inserts are
-        // single calls), so a poisoned lock is still a consistent map.
+        // A panic while holding the lock cannot leave the map half-written (every change is
+        // one insert or remove), so a poisoned lock is still a consistent map.
         self.apps.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<AppHandle>>> {
+        self.apps.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Moves the number of upstream call permits from `old` to `new`. Permits held by calls in
+/// flight are not taken back: shrinking completes as they are released.
+fn resize(permits: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        permits.add_permits(new - old);
+    } else if old > new {
+        let excess = old - new;
+        let held = excess - permits.forget_permits(excess);
+        if held > 0 {
+            let permits = permits.clone();
+            tokio::spawn(async move {
+                // u32: at most max_concurrent, which the config bounds far below u32::MAX.
+                let n = u32::try_from(held).unwrap_or(u32::MAX);
+                if let Ok(p) = permits.acquire_many_owned(n).await {
+                    p.forget();
+                }
+            });
+        }
     }
 }
 

@@ -22,3 +22,9 @@ pub async fn shutdown() {
         }
     }
 }
+
+/// SIGHUP, the reload request. Registered at start, before the daemon says it is ready, so
+/// an early SIGHUP never hits the default action (exit).
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::hangup())
+}

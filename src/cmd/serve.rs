@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Failure;
 use crate::broker::Broker;
@@ -24,12 +24,15 @@ pub async fn run(file: &Path) -> Result<(), Failure> {
     serve(config, Upstreams::from_environment(), |_| {}).await
 }
 
-/// Serves `config` until SIGTERM/SIGINT. `on_listening` runs once the socket is bound.
+/// Serves `config` until SIGTERM/SIGINT, reloading it from its files on SIGHUP.
+/// `on_listening` runs once the socket is bound.
 pub async fn serve(
     config: Config,
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
 ) -> Result<(), Failure> {
+    let mut hangups = crate::signals::hangups()
+        .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
     let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
     let (listener, socket_file) = crate::server::bind(&socket, config.server.socket_mode)
         .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", socket.display())))?;
@@ -41,11 +44,49 @@ pub async fn serve(
             None
         }
     };
-    let broker = Arc::new(Broker::start(&config, &upstreams, Clock::system(), store).await);
+    let main_file = config.main_file.clone();
+    let broker = Arc::new(Broker::start(&config, upstreams, Clock::system(), store).await);
     info!(socket = %socket.display(), apps = config.apps.len(), "listening");
     on_listening(socket_file.path());
-    crate::server::run(listener, broker, crate::signals::shutdown()).await;
+    let reloader = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                reload(&main_file, &broker).await;
+            }
+        })
+    };
+    crate::server::run(listener, broker.clone(), crate::signals::shutdown()).await;
+    reloader.abort();
     drop(socket_file);
+    broker.stop(crate::server::DRAIN_TIMEOUT).await;
     info!("stopped");
     Ok(())
+}
+
+/// Re-reads every config file and applies the result; a config with any error is rejected
+/// whole and the running one stays.
+pub async fn reload(main_file: &Path, broker: &Broker) {
+    info!(config = %main_file.display(), "SIGHUP: reloading the config");
+    let config = match crate::config::load(main_file) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            for line in diagnostics.to_string().lines() {
+                error!("{line}");
+            }
+            error!(
+                problems = diagnostics.0.len(),
+                "reload rejected: the config has errors; the running config stays"
+            );
+            return;
+        }
+    };
+    let report = broker.reload(config).await;
+    if !report.needs_restart.is_empty() {
+        warn!(sections = ?report.needs_restart, "these settings changed but apply only at restart");
+    }
+    info!(
+        added = ?report.added, removed = ?report.removed, changed = ?report.changed,
+        unchanged = report.unchanged.len(), "config reloaded"
+    );
 }

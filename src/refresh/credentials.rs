@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::policy::{backoff, refresh_delay, Policy};
+use super::policy::{backoff, refresh_delay, LivePolicy, Policy};
 use super::scheduler::{AppHandle, ServeError};
 use super::state::Token;
 use crate::clock::Clock;
@@ -47,7 +47,7 @@ struct Cached {
 /// One app's credentials.
 pub struct CredentialCache {
     assumer: Arc<dyn RoleAssumer>,
-    policy: Policy,
+    policy: LivePolicy,
     clock: Clock,
     permits: Arc<Semaphore>,
     cached: Mutex<Cached>,
@@ -57,14 +57,10 @@ impl CredentialCache {
     /// A cache over `assumer`. The policy's `min_lead` is raised to [`MIN_SERVED_TTL`].
     pub fn new(
         assumer: Arc<dyn RoleAssumer>,
-        policy: Policy,
+        policy: LivePolicy,
         clock: Clock,
         permits: Arc<Semaphore>,
     ) -> CredentialCache {
-        let policy = Policy {
-            min_lead: policy.min_lead.max(MIN_SERVED_TTL),
-            ..policy
-        };
         CredentialCache {
             assumer,
             policy,
@@ -76,6 +72,15 @@ impl CredentialCache {
                 retry_at: None,
                 last_error: None,
             }),
+        }
+    }
+
+    /// The live `[refresh]` policy with `min_lead` raised to [`MIN_SERVED_TTL`].
+    fn policy(&self) -> Policy {
+        let policy = self.policy.get();
+        Policy {
+            min_lead: policy.min_lead.max(MIN_SERVED_TTL),
+            ..policy
         }
     }
 
@@ -109,7 +114,7 @@ impl CredentialCache {
                 cached.failures += 1;
                 let wait = backoff(
                     cached.failures,
-                    self.policy.max_backoff,
+                    self.policy().max_backoff,
                     rand::random(),
                     false,
                 );
@@ -177,7 +182,7 @@ impl CredentialCache {
         let now = self.clock.now();
         let expires_at = self.clock.instant_of(role.expiration);
         let lifetime = expires_at.saturating_duration_since(now);
-        let delay = refresh_delay(lifetime, &self.policy, rand::random::<f64>() * 2.0 - 1.0);
+        let delay = refresh_delay(lifetime, &self.policy(), rand::random::<f64>() * 2.0 - 1.0);
         info!(app = %app.name(), expires_in = lifetime.as_secs(), next_refresh_in = delay.as_secs(), "role credentials issued");
         Credentials {
             role,

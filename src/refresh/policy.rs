@@ -23,6 +23,29 @@ pub struct Policy {
     pub max_backoff: Duration,
 }
 
+/// The `[refresh]` policy as running apps read it: a reload replaces it, and every app uses
+/// the new one from its next scheduling decision on.
+#[derive(Debug, Clone, Default)]
+pub struct LivePolicy(std::sync::Arc<std::sync::RwLock<Policy>>);
+
+impl LivePolicy {
+    /// A cell holding `policy`.
+    pub fn new(policy: Policy) -> LivePolicy {
+        LivePolicy(std::sync::Arc::new(std::sync::RwLock::new(policy)))
+    }
+
+    /// The current policy.
+    pub fn get(&self) -> Policy {
+        // Policy is Copy and written whole, so a poisoned lock still holds a whole value.
+        *self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the policy.
+    pub fn set(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+}
+
 impl Default for Policy {
     fn default() -> Policy {
         Policy {

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::policy::{backoff, refresh_delay, Policy};
+use super::policy::{backoff, refresh_delay, LivePolicy};
 use super::state::{AppState, LastError, Snapshot, Token};
 use crate::clock::Clock;
 use crate::config::{AppConfig, Grant};
@@ -28,8 +28,9 @@ pub const SUBJECT_WAIT: Duration = Duration::from_secs(30);
 /// bounded (SDK call timeout, command timeout, subject wait), so this only guards against bugs.
 pub const REPLY_WAIT: Duration = Duration::from_secs(120);
 
-/// Forced refreshes arriving this soon after a successful call share its token.
-pub const FORCE_COALESCE: Duration = Duration::from_secs(1);
+/// How long stopping an app waits for its call in flight to finish (so a rotated refresh
+/// token is saved) before the task is aborted.
+pub const STOP_WAIT: Duration = Duration::from_secs(45);
 
 /// Why a token cannot be served; the socket maps each to a status and code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,8 +88,8 @@ enum Command {
 pub struct Shared {
     /// The clock.
     pub clock: Clock,
-    /// `[refresh]` timing.
-    pub policy: Policy,
+    /// `[refresh]` timing, as the last (re)load set it.
+    pub policy: LivePolicy,
     /// `max_concurrent`: held only around the upstream call itself.
     pub permits: Arc<Semaphore>,
     /// Where refresh tokens are saved; `None` runs without persistence.
@@ -104,6 +105,10 @@ pub struct AppHandle {
     clock: Clock,
     /// Role credentials, for apps with `[role]`.
     credentials: Option<super::credentials::CredentialCache>,
+    /// Tells the owner to finish what it is doing and exit.
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    /// The owner task.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl AppHandle {
@@ -118,15 +123,19 @@ impl AppHandle {
     ) -> AppHandle {
         let (publish, snapshot) = watch::channel(Snapshot::default());
         let (commands, rx) = mpsc::channel(256);
+        let (stop, stop_rx) = oneshot::channel();
         let clock = shared.clock;
         let owner = Owner {
             job: Job {
                 app: config.clone(),
                 issuer,
                 permits: shared.permits.clone(),
-                subject,
+                subject: subject.clone(),
                 clock,
             },
+            subject,
+            subject_seen: None,
+            stop: stop_rx,
             shared,
             publish,
             commands: rx,
@@ -134,15 +143,16 @@ impl AppHandle {
             failures: 0,
             next_attempt: None,
             deferred: VecDeque::new(),
-            forced_issued_at: None,
         };
-        tokio::spawn(owner.run());
+        let task = tokio::spawn(owner.run());
         AppHandle {
             config,
             snapshot,
             commands,
             clock,
             credentials: None,
+            stop: std::sync::Mutex::new(Some(stop)),
+            task: std::sync::Mutex::new(Some(task)),
         }
     }
 
@@ -159,6 +169,23 @@ impl AppHandle {
             None => Err(ServeError::NoRole {
                 app: self.config.name.clone(),
             }),
+        }
+    }
+
+    /// Stops the owner: a call in flight is finished first (so a rotated refresh token is
+    /// saved), then the task exits; after [`STOP_WAIT`] it is aborted. Requests that still
+    /// hold this handle are answered from the last snapshot or get `app_stopped`.
+    pub async fn stop(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+                warn!(app = %self.config.name, "the app's call in flight did not finish; abandoning it");
+                task.abort();
+            }
         }
     }
 
@@ -299,6 +326,8 @@ impl Failure {
 struct Outcome {
     result: Result<(IssuedToken, &'static str), Failure>,
     refresh_token_refused: bool,
+    /// The subject app's token this attempt exchanged (token-exchange).
+    subject_used: Option<Arc<Token>>,
 }
 
 /// Everything an attempt needs, owned, so it can run while the owner keeps taking commands.
@@ -338,6 +367,7 @@ impl Job {
             return Outcome {
                 result: self.call(grant).await.map_err(Failure::Upstream),
                 refresh_token_refused: false,
+                subject_used: None,
             };
         }
         let mut refused: Option<Secret> = None;
@@ -356,15 +386,18 @@ impl Job {
                     return Outcome {
                         result: other.map_err(Failure::Upstream),
                         refresh_token_refused: false,
+                        subject_used: None,
                     }
                 }
             }
         }
         let refresh_token_refused = refused.is_some();
-        let result = self.own_grant(refused).await;
+        let mut subject_used = None;
+        let result = self.own_grant(refused, &mut subject_used).await;
         Outcome {
             result,
             refresh_token_refused,
+            subject_used,
         }
     }
 
@@ -372,6 +405,7 @@ impl Job {
     async fn own_grant(
         &self,
         refused: Option<Secret>,
+        subject_used: &mut Option<Arc<Token>>,
     ) -> Result<(IssuedToken, &'static str), Failure> {
         let grant = match &self.app.grant {
             Grant::JwtBearer { assertion } => GrantRequest::JwtBearer {
@@ -380,10 +414,15 @@ impl Job {
             Grant::TokenExchange {
                 subject_app,
                 requested_token_type,
-            } => GrantRequest::TokenExchange {
-                subject_token: self.subject_token(subject_app).await?,
-                requested_token_type: requested_token_type.urn(),
-            },
+            } => {
+                let subject = self.subject_token(subject_app).await?;
+                let subject_token = subject.access_token.clone();
+                *subject_used = Some(subject);
+                GrantRequest::TokenExchange {
+                    subject_token,
+                    requested_token_type: requested_token_type.urn(),
+                }
+            }
             Grant::RefreshToken { refresh_token_file } => {
                 let from_file = read_secret_file(refresh_token_file, "refresh_token_file")
                     .await
@@ -415,14 +454,20 @@ impl Job {
         }
     }
 
-    async fn subject_token(&self, subject_app: &str) -> Result<Secret, Failure> {
-        let unavailable = || {
+    async fn subject_token(&self, subject_app: &str) -> Result<Arc<Token>, Failure> {
+        let unavailable = |state: Option<AppState>| {
             Failure::Source(SourceError {
                 code: "subject_unavailable",
-                message: format!("subject app {subject_app} has no valid token"),
+                message: match state {
+                    Some(state) => format!(
+                        "subject app {subject_app} has no valid token (it is {})",
+                        state.as_str()
+                    ),
+                    None => format!("subject app {subject_app} has no valid token"),
+                },
             })
         };
-        let mut subject = self.subject.clone().ok_or_else(unavailable)?;
+        let mut subject = self.subject.clone().ok_or_else(|| unavailable(None))?;
         let clock = self.clock;
         let wait = async move {
             let snapshot = subject
@@ -434,13 +479,16 @@ impl Job {
                         )
                 })
                 .await
-                .ok()?;
-            let token = snapshot.valid_token(clock.now())?;
-            Some(token.access_token.clone())
+                .map_err(|_| None)?;
+            snapshot
+                .valid_token(clock.now())
+                .cloned()
+                .ok_or(Some(snapshot.effective_state(clock.now())))
         };
         match tokio::time::timeout(SUBJECT_WAIT, wait).await {
-            Ok(Some(token)) => Ok(token),
-            _ => Err(unavailable()),
+            Ok(Ok(token)) => Ok(token),
+            Ok(Err(state)) => Err(unavailable(state)),
+            Err(_) => Err(unavailable(None)),
         }
     }
 }
@@ -458,9 +506,21 @@ struct Owner {
     next_attempt: Option<Instant>,
     /// Logins that arrived while a call was in flight, run after it.
     deferred: VecDeque<Command>,
-    /// When the last successful forced refresh completed: forced refreshes just after it
-    /// share its token.
-    forced_issued_at: Option<Instant>,
+    /// The subject app's snapshots (token-exchange), watched for a replaced token.
+    subject: Option<watch::Receiver<Snapshot>>,
+    /// The subject token last exchanged or seen, to tell a replaced one.
+    subject_seen: Option<Arc<Token>>,
+    /// Set by [`AppHandle::stop`].
+    stop: oneshot::Receiver<()>,
+}
+
+/// Resolves when the subject's snapshot changes (true) or its owner is gone (false); never
+/// without a subject.
+async fn subject_changed(subject: &mut Option<watch::Receiver<Snapshot>>) -> bool {
+    match subject {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Owner {
@@ -493,11 +553,22 @@ impl Owner {
                             Some(c) => Some(c),
                             None => return,
                         },
+                        _ = &mut self.stop => return,
+                        alive = subject_changed(&mut self.subject) => {
+                            if !alive {
+                                self.subject = None;
+                            }
+                            if !self.subject_replaced() {
+                                continue;
+                            }
+                            info!(app = %self.job.app.name, "the subject app's token was replaced; exchanging it");
+                            None
+                        }
                     }
                 }
             };
             let flow = match command {
-                None => self.flight(Attempt::Refresh, Vec::new(), false).await,
+                None => self.flight(Attempt::Refresh, Vec::new()).await,
                 Some(Command::Refresh {
                     force,
                     min_ttl,
@@ -507,7 +578,7 @@ impl Owner {
                         let _ = reply.send(answer);
                         ControlFlow::Continue(())
                     }
-                    None => self.flight(Attempt::Refresh, vec![reply], force).await,
+                    None => self.flight(Attempt::Refresh, vec![reply]).await,
                 },
                 Some(Command::Login {
                     code,
@@ -520,7 +591,7 @@ impl Owner {
                         code_verifier,
                         redirect_uri,
                     };
-                    self.flight(attempt, vec![reply], false).await
+                    self.flight(attempt, vec![reply]).await
                 }
             };
             if flow.is_break() {
@@ -537,20 +608,12 @@ impl Owner {
         force: bool,
         min_ttl: Duration,
     ) -> Option<Result<Arc<Token>, ServeError>> {
+        if force {
+            return None;
+        }
         let now = self.shared.clock.now();
         let snapshot = self.publish.borrow();
         let valid = snapshot.valid_token(now);
-        if force {
-            // A burst of forced refreshes is one refresh: those that arrive just after a
-            // call completed get its token, like those that arrived while it ran.
-            let just_issued = self
-                .forced_issued_at
-                .is_some_and(|at| now.saturating_duration_since(at) < FORCE_COALESCE);
-            return match valid {
-                Some(t) if just_issued => Some(Ok(t.clone())),
-                _ => None,
-            };
-        }
         if let Some(t) = valid {
             if t.ttl(now) >= min_ttl {
                 return Some(Ok(t.clone()));
@@ -583,36 +646,35 @@ impl Owner {
     }
 
     /// Runs one attempt while still taking commands: refresh requests join it, logins wait.
-    async fn flight(
-        &mut self,
-        attempt: Attempt,
-        mut waiters: Vec<Reply>,
-        mut forced: bool,
-    ) -> ControlFlow<()> {
+    async fn flight(&mut self, attempt: Attempt, mut waiters: Vec<Reply>) -> ControlFlow<()> {
         self.publish_with(|s| s.state = AppState::Refreshing);
         let job = self.job.clone().run(self.refresh_token.clone(), attempt);
         tokio::pin!(job);
+        // The call is always finished, even once every handle is gone: it may have rotated
+        // the refresh token, and the new one must be saved.
+        let mut open = true;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut job => break outcome,
-                command = self.commands.recv() => match command {
-                    Some(Command::Refresh { reply, force, .. }) => {
-                        forced |= force;
-                        waiters.push(reply);
-                    }
+                command = self.commands.recv(), if open => match command {
+                    Some(Command::Refresh { reply, .. }) => waiters.push(reply),
                     Some(login @ Command::Login { .. }) => self.deferred.push_back(login),
-                    None => return ControlFlow::Break(()),
+                    None => open = false,
                 },
             }
         };
-        let answer = self.apply(outcome);
-        if forced && answer.is_ok() {
-            self.forced_issued_at = Some(self.shared.clock.now());
+        if outcome.subject_used.is_some() {
+            self.subject_seen = outcome.subject_used.clone();
         }
+        let answer = self.apply(outcome);
         for waiter in waiters {
             let _ = waiter.send(answer.clone());
         }
-        ControlFlow::Continue(())
+        if open {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
     }
 
     /// Every outcome of an attempt, as one match: new state, schedule, answer.
@@ -639,7 +701,7 @@ impl Owner {
                 }
                 let lifetime = Duration::from_secs(issued.expires_in);
                 let token = Arc::new(token_from(issued, now, clock));
-                let delay = refresh_delay(lifetime, &self.shared.policy, jitter_sample());
+                let delay = refresh_delay(lifetime, &self.shared.policy.get(), jitter_sample());
                 self.failures = 0;
                 self.next_attempt = Some(now + delay);
                 info!(
@@ -670,14 +732,14 @@ impl Owner {
                 self.failures += 1;
                 Some(backoff(
                     self.failures,
-                    self.shared.policy.max_backoff,
+                    self.shared.policy.get().max_backoff,
                     unit_sample(),
                     true,
                 ))
             }
             Failure::Upstream(UpstreamError::ConfigFault { .. }) => {
                 self.failures += 1;
-                Some(self.shared.policy.max_backoff)
+                Some(self.shared.policy.get().max_backoff)
             }
             Failure::Upstream(
                 UpstreamError::Transient { .. } | UpstreamError::InvalidGrant { .. },
@@ -686,7 +748,7 @@ impl Owner {
                 self.failures += 1;
                 Some(backoff(
                     self.failures,
-                    self.shared.policy.max_backoff,
+                    self.shared.policy.get().max_backoff,
                     unit_sample(),
                     false,
                 ))
@@ -717,6 +779,30 @@ impl Owner {
             s.last_error = Some(last_error);
         });
         Err(answer)
+    }
+
+    /// Whether the subject app now holds a token other than the one this app last exchanged
+    /// or saw, and this app re-exchanges on that: token-exchange, no refresh token of its own.
+    fn subject_replaced(&mut self) -> bool {
+        let Some(subject) = &self.subject else {
+            return false;
+        };
+        let current = subject
+            .borrow()
+            .valid_token(self.shared.clock.now())
+            .cloned();
+        let replaced = match (&current, &self.subject_seen) {
+            (Some(now), Some(seen)) => !Arc::ptr_eq(now, seen),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if current.is_some() {
+            self.subject_seen = current;
+        }
+        replaced
+            && self.refresh_token.is_none()
+            && matches!(self.job.app.grant, Grant::TokenExchange { .. })
+            && self.publish.borrow().state != AppState::NeedsLogin
     }
 
     fn publish_with(&self, change: impl FnOnce(&mut Snapshot)) {
@@ -847,12 +933,12 @@ mod tests {
     fn shared(max_backoff: u64) -> Shared {
         Shared {
             clock: Clock::system(),
-            policy: Policy {
+            policy: LivePolicy::new(crate::refresh::policy::Policy {
                 at: 0.5,
                 jitter: 0.0,
                 min_lead: Duration::from_secs(300),
                 max_backoff: Duration::from_secs(max_backoff),
-            },
+            }),
             permits: Arc::new(Semaphore::new(8)),
             store: None,
         }
@@ -923,16 +1009,12 @@ mod tests {
             tokens.insert(t.await.unwrap().unwrap().access_token.expose().to_owned());
         }
         let made = issuer.calls() - before;
-        assert_eq!(made, 1, "{made} upstream calls");
-        assert_eq!(tokens.len(), 1);
-        // A straggler of the burst shares it too; a forced refresh a while later is a new call.
-        let straggler = handle.refresh().await.unwrap();
-        assert!(tokens.contains(straggler.access_token.expose()));
-        assert_eq!(issuer.calls() - before, 1);
-        tokio::time::sleep(FORCE_COALESCE).await;
+        assert!((1..=2).contains(&made), "{made} upstream calls");
+        assert_eq!(tokens.len(), made);
+        // A forced refresh after the burst is a call of its own.
         let later = handle.refresh().await.unwrap();
         assert!(!tokens.contains(later.access_token.expose()));
-        assert_eq!(issuer.calls() - before, 2);
+        assert_eq!(issuer.calls() - before, made + 1);
     }
 
     #[tokio::test(start_paused = true)]
