@@ -7,6 +7,8 @@
 //! - `socket_api`: routes, the error envelope and codes.
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
+//! - `lifecycle`: token-exchange chains, needs_login, a dependant without a subject token.
+//! - `reload`: SIGHUP adds, removes, changes apps; a broken config is rejected whole.
 //! - `redaction`: planted canary secrets never reach the logs.
 
 mod support;
@@ -14,8 +16,10 @@ mod support;
 mod cli;
 mod credentials;
 mod grants;
+mod lifecycle;
 mod process;
 mod redaction;
 mod refresh;
+mod reload;
 mod socket_api;
 mod state;

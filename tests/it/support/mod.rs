@@ -291,6 +291,21 @@ impl Daemon {
             .expect("cli runs")
     }
 
+    /// Waits (≤ `secs`) until the log holds `needle` at least `count` times; returns the log.
+    pub async fn wait_log(&self, needle: &str, count: usize, secs: u64) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= count {
+                return logs;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("log never said {needle:?} {count} times within {secs}s:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,122 @@
+//! SIGHUP reload: apps added, removed and changed take effect; unchanged apps keep their
+//! tokens with no upstream call; a config with any error is rejected whole.
+
+use crate::support::{client_id, TestEnv};
+
+fn calls_for(env: &TestEnv, app: &str) -> usize {
+    env.sim
+        .calls()
+        .iter()
+        .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
+        .count()
+}
+
+async fn token(daemon: &crate::support::Daemon, app: &str) -> String {
+    let (status, body) = daemon.get(&format!("/v1/apps/{app}/token")).await;
+    assert_eq!(status, 200, "{app}: {body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_removes_and_changes_apps_and_leaves_the_rest_alone() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("keeper");
+    env.jwt_app("changer");
+    env.refresh_app("goner", "seed-goner");
+    let daemon = env.daemon().await;
+    for app in ["keeper", "changer", "goner"] {
+        daemon.wait_state(app, "ready", 10).await;
+    }
+    let kept = token(&daemon, "keeper").await;
+    let changed = token(&daemon, "changer").await;
+    assert!(env.path("state/goner.json").exists());
+    let keeper_calls = calls_for(&env, "keeper");
+    let changer_calls = calls_for(&env, "changer");
+
+    env.jwt_app("newcomer");
+    std::fs::remove_file(env.path("apps.d/goner.toml")).unwrap();
+    std::fs::write(
+        env.path("changer-2.jwt"),
+        crate::support::assertion("changer"),
+    )
+    .unwrap();
+    env.write_app(
+        "changer",
+        &format!(
+            "grant = \"jwt-bearer\"\nassertion_file = \"{}\"\n",
+            env.path("changer-2.jwt").display()
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("config reloaded", 1, 10).await;
+
+    daemon.wait_state("newcomer", "ready", 10).await;
+    daemon.wait_state("changer", "ready", 10).await;
+    assert_ne!(
+        token(&daemon, "changer").await,
+        changed,
+        "changed app: new token"
+    );
+    assert_eq!(calls_for(&env, "changer"), changer_calls + 1);
+    assert_eq!(
+        token(&daemon, "keeper").await,
+        kept,
+        "unchanged app: same token"
+    );
+    assert_eq!(
+        calls_for(&env, "keeper"),
+        keeper_calls,
+        "unchanged app: no call"
+    );
+    let (status, body) = daemon.get("/v1/apps/goner/token").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_app");
+    assert!(
+        !env.path("state/goner.json").exists(),
+        "a removed app's refresh token is deleted"
+    );
+    let (_, apps) = daemon.get("/v1/apps").await;
+    let names: Vec<&str> = apps["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["changer", "keeper", "newcomer"]);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_with_an_error_is_rejected_whole_and_the_running_one_stays() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("steady");
+    let daemon = env.daemon().await;
+    daemon.wait_state("steady", "ready", 10).await;
+    let before = token(&daemon, "steady").await;
+
+    // One good new app and one broken one: neither is taken.
+    env.jwt_app("hopeful");
+    std::fs::write(
+        env.path("apps.d/broken.toml"),
+        "client_id = \"arn:aws:sso::123456789012:application/ssoins-1/apl-1\"\ngrant = \"telepathy\"\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    let logs = daemon.wait_log("reload rejected", 1, 10).await;
+    assert!(
+        logs.contains("broken.toml:2:9"),
+        "the error is logged with file:line:col:\n{logs}"
+    );
+    let (status, _) = daemon.get("/v1/apps/hopeful/token").await;
+    assert_eq!(status, 404, "nothing of a rejected config is applied");
+    assert_eq!(token(&daemon, "steady").await, before);
+    assert_eq!(calls_for(&env, "hopeful"), 0);
+
+    // Fixed: the next SIGHUP takes it.
+    std::fs::remove_file(env.path("apps.d/broken.toml")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("config reloaded", 1, 10).await;
+    daemon.wait_state("hopeful", "ready", 10).await;
+    assert_eq!(token(&daemon, "steady").await, before);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
