@@ -367,6 +367,15 @@ impl Sim {
         );
     }
 
+    /// Rotation with grace (default off: strict, a used refresh token dies at once). With
+    /// grace a used refresh token stays valid until the one it was rotated into is first
+    /// used, as many OAuth services do, so a client that crashed before saving the new
+    /// token can still recover with the old one, and one that used the new token before
+    /// saving it cannot.
+    pub fn set_rotation_grace(&self, yes: bool) {
+        self.shared.lock().rotation_grace = yes;
+    }
+
     /// Every refresh token of the client now gets `invalid_grant`.
     pub fn revoke_refresh_tokens(&self, client_id: &str) {
         self.shared

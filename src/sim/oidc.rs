@@ -268,7 +268,14 @@ fn resolve(
         Grant::RefreshToken(token) => match inner.refresh_tokens.get(token) {
             Some(g) if g.client_id == *client_id => {
                 let user = g.user.clone();
-                inner.refresh_tokens.remove(token);
+                if inner.rotation_grace {
+                    // The client has proven it holds this token: its predecessor dies.
+                    if let Some(parent) = inner.refresh_parent.remove(token) {
+                        inner.refresh_tokens.remove(&parent);
+                    }
+                } else {
+                    inner.refresh_tokens.remove(token);
+                }
                 Ok((user, true, ACCESS_TOKEN_TYPE))
             }
             _ => Err(invalid_grant(
@@ -411,6 +418,11 @@ fn issue(
                 user: user.to_owned(),
             },
         );
+        if let (true, Grant::RefreshToken(used)) = (inner.rotation_grace, &request.grant) {
+            inner
+                .refresh_parent
+                .insert(refresh_token.clone(), used.clone());
+        }
         body["refreshToken"] = Value::String(refresh_token);
     }
     Answer::json(200, &body)

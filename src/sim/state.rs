@@ -56,6 +56,10 @@ pub(super) struct Inner {
     next_call: u64,
     /// Live refresh tokens; using one removes it (rotation).
     pub(super) refresh_tokens: HashMap<String, Grantee>,
+    /// Rotation with grace: a used refresh token stays valid until its successor is used.
+    pub(super) rotation_grace: bool,
+    /// Grace mode: each rotated refresh token's predecessor, dropped when it is first used.
+    pub(super) refresh_parent: HashMap<String, String>,
     pub(super) access_tokens: HashMap<String, Session>,
     /// Identity contexts by their assertion string.
     pub(super) contexts: HashMap<String, Session>,

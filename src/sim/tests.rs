@@ -404,6 +404,22 @@ async fn refresh_tokens_rotate() {
 }
 
 #[tokio::test]
+async fn rotation_grace_keeps_a_used_token_until_its_successor_is_used() {
+    let (sim, c) = start().await;
+    sim.set_rotation_grace(true);
+    sim.seed_refresh_token(CLIENT, "seeded-1");
+    let first = refresh(&c.oidc, "seeded-1").await.expect("seed works");
+    // The answer was "lost": the old token still works, and rotates again.
+    let again = refresh(&c.oidc, "seeded-1").await.expect("grace");
+    let next = again.refresh_token().unwrap().to_owned();
+    assert_ne!(first.refresh_token().unwrap(), next);
+    // Using the successor ends the predecessor's grace.
+    refresh(&c.oidc, &next).await.expect("successor works");
+    let err = refresh(&c.oidc, "seeded-1").await.unwrap_err();
+    assert!(err.into_service_error().is_invalid_grant_exception());
+}
+
+#[tokio::test]
 async fn authorization_codes_are_checked_and_single_use() {
     let (sim, c) = start().await;
     let exchange = |code: String, redirect: &'static str, verifier: &'static str| {

@@ -1,6 +1,7 @@
 //! The state dir: rotated refresh tokens survive a restart; damaged files are moved aside.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
 
 use crate::support::{client_id, TestEnv};
 
@@ -71,4 +72,60 @@ async fn a_damaged_state_file_is_moved_aside_and_the_daemon_starts() {
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert!(daemon.logs().contains("moved aside"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_of_a_rotation_loop_never_loses_a_usable_token() {
+    use rand::Rng;
+    const ROUNDS: usize = 50;
+    let env = TestEnv::new(3600).await;
+    // Grace: the service keeps a used refresh token valid until its successor is used. A
+    // daemon killed before saving a new token recovers with the old one; a daemon that used
+    // a new token before saving it would be left holding a dead one.
+    env.sim.set_rotation_grace(true);
+    env.refresh_app("rotor", "seed-rotor");
+    let mut rng = rand::rng();
+    let mut calls_before = 0;
+    for round in 0..ROUNDS {
+        let daemon = std::sync::Arc::new(env.daemon().await);
+        let row = daemon.wait_state("rotor", "ready", 10).await;
+        assert_eq!(row["state"], "ready", "round {round}");
+        let calls = refresh_calls(&env, "rotor");
+        let first = &calls[calls_before];
+        assert_eq!(first.status, 200, "round {round}: {first:?}");
+        if round > 0 {
+            assert_ne!(first.params["refreshToken"], "seed-rotor", "round {round}");
+        }
+        // Forced refreshes back to back, each one a rotation, until the kill lands.
+        let looping = daemon.clone();
+        let rotations = tokio::spawn(async move {
+            loop {
+                let answer = looping
+                    .client()
+                    .request(http::Method::POST, "/v1/apps/rotor/refresh", None)
+                    .await;
+                if answer.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(0..60))).await;
+        daemon.signal(libc::SIGKILL);
+        let _ = rotations.await;
+        let daemon = std::sync::Arc::into_inner(daemon).expect("the loop is done");
+        assert!(daemon.wait_exit().signal().is_some());
+        calls_before = refresh_calls(&env, "rotor").len();
+    }
+    let rotated = refresh_calls(&env, "rotor")
+        .iter()
+        .filter(|c| c.status == 200)
+        .count();
+    assert!(
+        rotated > ROUNDS * 2,
+        "only {rotated} rotations in {ROUNDS} rounds: the kills did not land mid-loop"
+    );
+    assert!(
+        refresh_calls(&env, "rotor").iter().all(|c| c.status == 200),
+        "a dead refresh token was presented"
+    );
 }
