@@ -75,6 +75,9 @@ pub enum Command {
         /// Print the URL only; do not open a browser.
         #[arg(long)]
         no_browser: bool,
+        /// How long to wait for the browser's redirect, in seconds.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
     },
 }
 

@@ -6,7 +6,8 @@
 //!   [`upstream::UpstreamError`], named for what the caller does next.
 //! - [`grant`]: reading grant inputs (assertion file/command, refresh-token file).
 //! - [`refresh`]: pure timing policy, app states, and the per-app owner task (single flight).
-//! - [`broker`]: the running apps, started in dependency order.
+//! - [`broker`]: the running apps, started in dependency order; SIGHUP reload.
+//! - [`login`]: the browser half of `iamtokend login` (authorize URL, loopback listener).
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
 //! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dev;
 pub mod grant;
 pub mod logging;
+pub mod login;
 pub mod pkce;
 pub mod refresh;
 pub mod secret;

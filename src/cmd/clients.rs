@@ -20,17 +20,15 @@ pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure>
         Command::CredentialProcess { app } => credential_process(client, &app).await,
         Command::Status { format } => status(client, format).await,
         Command::Refresh { app } => refresh(client, &app).await,
-        Command::Login { .. } => Err(Failure::failed(
-            "login is not available in this build yet (see README: authorization-code apps)",
-        )),
-        Command::Serve { .. } | Command::CheckConfig | Command::Fetch { .. } => {
-            Err(Failure::usage("not a client subcommand"))
-        }
+        Command::Serve { .. }
+        | Command::CheckConfig
+        | Command::Fetch { .. }
+        | Command::Login { .. } => Err(Failure::usage("not a client subcommand")),
     }
 }
 
 /// App names travel in the path; refuse anything that is not a valid name before sending.
-fn app_path(app: &str, action: &str) -> Result<String, Failure> {
+pub fn app_path(app: &str, action: &str) -> Result<String, Failure> {
     let valid = !app.is_empty()
         && app
             .bytes()

@@ -4,6 +4,7 @@
 pub mod check_config;
 pub mod clients;
 pub mod fetch;
+pub mod login;
 pub mod serve;
 
 use std::io::Write;
@@ -71,7 +72,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 .socket
                 .clone()
                 .unwrap_or_else(|| client_socket(&config_file, &env));
-            clients::run(command, &SocketClient::new(&socket)).await
+            let client = SocketClient::new(&socket);
+            match command {
+                Command::Login {
+                    app,
+                    no_browser,
+                    timeout,
+                } => {
+                    let options = login::Options {
+                        open_browser: !no_browser,
+                        timeout: std::time::Duration::from_secs(timeout),
+                    };
+                    login::run(&config_file, &app, &client, options).await
+                }
+                command => clients::run(command, &client).await,
+            }
         }
     }
 }

@@ -19,6 +19,7 @@
 //! - `state.rs`: what the simulator remembers.
 //! - `wire.rs`: the clock, random material, encodings and the [`wire::Answer`] shape.
 
+mod authorize;
 mod oidc;
 mod sigv4;
 mod state;
@@ -43,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-use state::{AuthCode, Grantee, Shared};
+use state::{Grantee, Shared};
 use wire::Answer;
 
 /// Largest request body read; a larger one gets 413 unread. Real requests are a few KiB.
@@ -376,6 +377,18 @@ impl Sim {
         self.shared.lock().rotation_grace = yes;
     }
 
+    /// `GET /authorize` answers the redirect with this OAuth `error` (e.g. `access_denied`)
+    /// instead of a code; `None` (default) issues codes.
+    pub fn set_authorize_error(&self, error: Option<&str>) {
+        self.shared.lock().authorize_error = error.map(str::to_owned);
+    }
+
+    /// `GET /authorize` sends this `state` back instead of the one it was given (a forged
+    /// callback); `None` (default) echoes it.
+    pub fn set_authorize_state(&self, state: Option<&str>) {
+        self.shared.lock().authorize_state = state.map(str::to_owned);
+    }
+
     /// Every refresh token of the client now gets `invalid_grant`.
     pub fn revoke_refresh_tokens(&self, client_id: &str) {
         self.shared
@@ -401,19 +414,12 @@ impl Sim {
         redirect_uri: &str,
         code_challenge: &str,
     ) -> String {
-        let code = format!("code-{}", wire::random_alnum(32));
-        let mut inner = self.shared.lock();
-        let user = format!("user-code-{}", inner.next_serial());
-        inner.auth_codes.insert(
-            code.clone(),
-            AuthCode {
-                client_id: client_id.to_owned(),
-                redirect_uri: redirect_uri.to_owned(),
-                code_challenge: code_challenge.to_owned(),
-                user,
-            },
-        );
-        code
+        authorize::issue_code(
+            &mut self.shared.lock(),
+            client_id,
+            redirect_uri,
+            code_challenge,
+        )
     }
 
     /// Stops accepting, drops open connections and waits for the server task.
@@ -510,6 +516,9 @@ async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ConnectionReset> {
+    if req.method() == Method::GET && req.uri().path() == "/authorize" {
+        return Ok(authorize::answer(&shared, req.uri().query().unwrap_or("")));
+    }
     let Some(service) = route(&req) else {
         tracing::debug!(method = %req.method(), path = req.uri().path(), "sim: no such route");
         return Ok(not_found().into_response());

@@ -221,7 +221,7 @@ fn validate(members: &Map<String, Value>) -> Result<Request, Answer> {
 }
 
 /// `arn:aws:sso::<12 digits>:application/ssoins-<id>/apl-<id>`.
-fn is_application_arn(s: &str) -> bool {
+pub(super) fn is_application_arn(s: &str) -> bool {
     let id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
     let Some(rest) = s.strip_prefix("arn:aws:sso::") else {
         return false;

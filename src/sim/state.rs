@@ -56,6 +56,10 @@ pub(super) struct Inner {
     next_call: u64,
     /// Live refresh tokens; using one removes it (rotation).
     pub(super) refresh_tokens: HashMap<String, Grantee>,
+    /// `GET /authorize`: answer the redirect with this OAuth `error` instead of a code.
+    pub(super) authorize_error: Option<String>,
+    /// `GET /authorize`: send this `state` back instead of the one asked with.
+    pub(super) authorize_state: Option<String>,
     /// Rotation with grace: a used refresh token stays valid until its successor is used.
     pub(super) rotation_grace: bool,
     /// Grace mode: each rotated refresh token's predecessor, dropped when it is first used.

@@ -8,6 +8,7 @@
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `lifecycle`: token-exchange chains, needs_login, a dependant without a subject token.
+//! - `login`: `iamtokend login` end to end (PKCE, state, timeout, errors), the test as browser.
 //! - `reload`: SIGHUP adds, removes, changes apps; a broken config is rejected whole.
 //! - `redaction`: planted canary secrets never reach the logs.
 
@@ -17,6 +18,7 @@ mod cli;
 mod credentials;
 mod grants;
 mod lifecycle;
+mod login;
 mod process;
 mod redaction;
 mod refresh;
