@@ -173,3 +173,47 @@ async fn a_refused_refresh_token_without_another_source_needs_login_and_stops_ca
     daemon.wait_state("reports", "ready", 5).await;
     assert_ne!(token(&daemon, "reports").await, token_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_fault_is_failing_in_status_and_retried_only_at_max_backoff() {
+    let env = TestEnv::new(3600).await;
+    // max_backoff 30 s (TestEnv's main file): the next try is 30 s out, not a second away.
+    env.jwt_app("misfit");
+    env.sim.push_fault_for(
+        &client_id("misfit"),
+        iamtokend::sim::Fault::invalid_client(),
+    );
+    let daemon = env.daemon().await;
+    let row = daemon.wait_state("misfit", "failing", 10).await;
+    assert_eq!(row["last_error"]["code"], "invalid_client", "{row}");
+    assert!(row["last_error"]["at"].is_string(), "{row}");
+    let next = humantime::parse_rfc3339(row["next_refresh_at"].as_str().unwrap()).unwrap();
+    let at = humantime::parse_rfc3339(row["last_error"]["at"].as_str().unwrap()).unwrap();
+    let wait = next.duration_since(at).unwrap();
+    assert!(
+        (Duration::from_secs(29)..=Duration::from_secs(31)).contains(&wait),
+        "retry in {wait:?}, not max_backoff"
+    );
+
+    // `status` shows it, as a table and as JSON, and exits non-zero.
+    let out = daemon.cli(&["status"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("misfit") && table.contains("failing"),
+        "{table}"
+    );
+    assert!(table.contains("invalid_client"), "{table}");
+    let out = daemon.cli(&["status", "--format", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["apps"][0]["last_error"]["code"], "invalid_client");
+
+    // Token requests while it backs off do not call upstream.
+    for _ in 0..5 {
+        let (status, body) = daemon.get("/v1/apps/misfit/token").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "token_unavailable");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(calls_for(&env, "misfit").len(), 1);
+}
