@@ -10,6 +10,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::paths::{self, Env};
 use crate::config::Config;
+use crate::server::SocketFile;
 use crate::upstream::oidc::Upstreams;
 
 /// Serves the config at `file` with the SDK's credentials.
@@ -30,9 +31,8 @@ pub async fn serve(
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
 ) -> Result<(), Failure> {
-    let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
-    let (listener, socket_file) = crate::server::bind(&socket, config.server.socket_mode)
-        .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", socket.display())))?;
+    crate::notify::init();
+    let (listener, socket_file, socket) = listen(&config)?;
     let state_dir = paths::state_dir(config.state.dir.as_deref(), &Env::from_process());
     let store = match crate::store::Store::open(&state_dir) {
         Ok(store) => Some(Arc::new(store)),
@@ -43,9 +43,45 @@ pub async fn serve(
     };
     let broker = Arc::new(Broker::start(&config, &upstreams, Clock::system(), store).await);
     info!(socket = %socket.display(), apps = config.apps.len(), "listening");
-    on_listening(socket_file.path());
-    crate::server::run(listener, broker, crate::signals::shutdown()).await;
+    on_listening(&socket);
+    let mut supervisor = crate::notify::Supervisor::start(broker.clone());
+    let (first, again) = crate::signals::shutdown_twice();
+    let stop = async {
+        first.await;
+        supervisor.stopping();
+    };
+    tokio::select! {
+        _ = crate::server::run(listener, broker, stop) => {}
+        _ = again => {}
+    }
     drop(socket_file);
     info!("stopped");
     Ok(())
+}
+
+/// The socket systemd passed (socket activation: never unlinked by us), else our own bound
+/// at the configured or default path (removed on exit).
+fn listen(
+    config: &Config,
+) -> Result<(tokio::net::UnixListener, Option<SocketFile>, PathBuf), Failure> {
+    let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
+    match crate::server::activation::take().map_err(|e| Failure::failed(e.to_string()))? {
+        Some(passed) => {
+            let path = passed
+                .path
+                .unwrap_or_else(|| PathBuf::from("(unnamed socket)"));
+            info!(socket = %path.display(), name = passed.name.as_deref().unwrap_or(""), "using the socket passed by the service manager");
+            if path != socket {
+                warn!(configured = %socket.display(), passed = %path.display(), "the passed socket is not the configured one; serving on the passed one");
+            }
+            Ok((passed.listener, None, path))
+        }
+        None => {
+            let (listener, file) = crate::server::bind(&socket, config.server.socket_mode)
+                .map_err(|e| {
+                    Failure::failed(format!("cannot listen on {}: {e}", socket.display()))
+                })?;
+            Ok((listener, Some(file), socket))
+        }
+    }
 }
