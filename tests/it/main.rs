@@ -8,6 +8,7 @@
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `redaction`: planted canary secrets never reach the logs.
+//! - `systemd`: sd_notify messages in order, socket activation, a second SIGTERM.
 
 mod support;
 
@@ -19,3 +20,4 @@ mod redaction;
 mod refresh;
 mod socket_api;
 mod state;
+mod systemd;
