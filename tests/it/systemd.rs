@@ -38,18 +38,27 @@ async fn next_message(socket: &UnixDatagram, waiting_for: &str, daemon: &Daemon)
     }
 }
 
-/// Reads datagrams into `seen` until one has the line `line`.
+/// Reads datagrams into `seen` until one has the line `line` (≤ 20 s: pings keep arriving, so
+/// the per-message wait alone would not end a wait for a line that never comes).
 async fn until_line(
     socket: &UnixDatagram,
     line: &str,
     seen: &mut Vec<String>,
     daemon: &Daemon,
 ) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let message = next_message(socket, line, daemon).await;
         seen.push(message.clone());
         if message.lines().any(|l| l == line) {
             return message;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no {line:?} within 20s; got {:?}\nlog:\n{}",
+                &seen[seen.len().saturating_sub(5)..],
+                daemon.logs()
+            );
         }
     }
 }
