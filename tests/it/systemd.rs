@@ -1,6 +1,9 @@
 //! Running under systemd, without systemd as PID 1: a datagram socket stands in for
 //! `NOTIFY_SOCKET`, `systemd-socket-activate` (the systemd package; `.ci/run` installs it)
 //! passes the listening socket, and a second SIGTERM cuts the drain short.
+//!
+//! TODO(reload): once SIGHUP reload calls `notify::reloading()` / `notify::ready()`, add a test
+//! that reads `RELOADING=1` with `MONOTONIC_USEC=` in one datagram, then `READY=1`.
 
 use std::path::Path;
 use std::time::Duration;
