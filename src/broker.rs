@@ -203,6 +203,23 @@ impl Broker {
         self.read().values().cloned().collect()
     }
 
+    /// The refresh machinery's liveness (the systemd watchdog): every app's owner task answers
+    /// a ping, all within `wait`. Owners answer at once, even mid-call, so `false` means one
+    /// is dead or wedged. With no apps there is nothing to be wedged: `true`.
+    pub async fn alive(&self, wait: std::time::Duration) -> bool {
+        let apps = self.apps();
+        let all = async {
+            for app in &apps {
+                if !app.ping(wait).await {
+                    tracing::warn!(app = %app.name(), "the app's refresh task does not answer");
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(wait, all).await.unwrap_or(false)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<AppHandle>>> {
         // A panic while holding the lock cannot leave the map half-written (every change is
         // one insert or remove), so a poisoned lock is still a consistent map.

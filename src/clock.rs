@@ -65,6 +65,22 @@ impl Clock {
     }
 }
 
+/// The raw `CLOCK_MONOTONIC` reading in microseconds, as systemd's `MONOTONIC_USEC=` wants it
+/// (systemd compares it with its own reading of that clock). A wire value only: nothing is
+/// scheduled on it, so it need not follow tokio's paused clock.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
 /// RFC 3339 UTC with a `Z`, whole seconds: "2026-11-27T01:00:00Z".
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()

@@ -11,6 +11,8 @@
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
 //! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
+//! - [`notify`]: systemd notifications and the watchdog; [`server::activation`]: socket
+//!   activation.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -24,6 +26,7 @@ pub mod dev;
 pub mod grant;
 pub mod logging;
 pub mod login;
+pub mod notify;
 pub mod pkce;
 pub mod refresh;
 pub mod secret;

@@ -10,6 +10,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::paths::{self, Env};
 use crate::config::Config;
+use crate::server::SocketFile;
 use crate::upstream::oidc::Upstreams;
 
 /// Serves the config at `file` with the SDK's credentials.
@@ -31,11 +32,10 @@ pub async fn serve(
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
 ) -> Result<(), Failure> {
+    crate::notify::init();
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
-    let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
-    let (listener, socket_file) = crate::server::bind(&socket, config.server.socket_mode)
-        .map_err(|e| Failure::failed(format!("cannot listen on {}: {e}", socket.display())))?;
+    let (listener, socket_file, socket) = listen(&config)?;
     let state_dir = paths::state_dir(config.state.dir.as_deref(), &Env::from_process());
     let store = match crate::store::Store::open(&state_dir) {
         Ok(store) => Some(Arc::new(store)),
@@ -47,19 +47,37 @@ pub async fn serve(
     let main_file = config.main_file.clone();
     let broker = Arc::new(Broker::start(&config, upstreams, Clock::system(), store).await);
     info!(socket = %socket.display(), apps = config.apps.len(), "listening");
-    on_listening(socket_file.path());
+    on_listening(&socket);
+    let mut supervisor = crate::notify::Supervisor::start(broker.clone());
     let reloader = {
         let broker = broker.clone();
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
+                crate::notify::reloading();
                 reload(&main_file, &broker).await;
+                crate::notify::ready();
             }
         })
     };
-    crate::server::run(listener, broker.clone(), crate::signals::shutdown()).await;
+    let (first, again) = crate::signals::shutdown_twice();
+    tokio::pin!(again);
+    let stop = async {
+        first.await;
+        supervisor.stopping();
+    };
+    let drained = tokio::select! {
+        _ = crate::server::run(listener, broker.clone(), stop) => true,
+        _ = &mut again => false,
+    };
     reloader.abort();
     drop(socket_file);
-    broker.stop(crate::server::DRAIN_TIMEOUT).await;
+    if drained {
+        // Calls in flight finish so a rotated refresh token is saved; a second signal skips it.
+        tokio::select! {
+            _ = broker.stop(crate::server::DRAIN_TIMEOUT) => {}
+            _ = &mut again => {}
+        }
+    }
     info!("stopped");
     Ok(())
 }
@@ -89,4 +107,31 @@ pub async fn reload(main_file: &Path, broker: &Broker) {
         added = ?report.added, removed = ?report.removed, changed = ?report.changed,
         unchanged = report.unchanged.len(), "config reloaded"
     );
+}
+
+/// The socket systemd passed (socket activation: never unlinked by us), else our own bound
+/// at the configured or default path (removed on exit).
+fn listen(
+    config: &Config,
+) -> Result<(tokio::net::UnixListener, Option<SocketFile>, PathBuf), Failure> {
+    let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
+    match crate::server::activation::take().map_err(|e| Failure::failed(e.to_string()))? {
+        Some(passed) => {
+            let path = passed
+                .path
+                .unwrap_or_else(|| PathBuf::from("(unnamed socket)"));
+            info!(socket = %path.display(), name = passed.name.as_deref().unwrap_or(""), "using the socket passed by the service manager");
+            if path != socket {
+                warn!(configured = %socket.display(), passed = %path.display(), "the passed socket is not the configured one; serving on the passed one");
+            }
+            Ok((passed.listener, None, path))
+        }
+        None => {
+            let (listener, file) = crate::server::bind(&socket, config.server.socket_mode)
+                .map_err(|e| {
+                    Failure::failed(format!("cannot listen on {}: {e}", socket.display()))
+                })?;
+            Ok((listener, Some(file), socket))
+        }
+    }
 }

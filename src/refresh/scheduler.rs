@@ -81,6 +81,8 @@ enum Command {
         redirect_uri: String,
         reply: Reply,
     },
+    /// Liveness probe (the systemd watchdog): answered at once wherever the owner waits.
+    Ping { reply: oneshot::Sender<()> },
 }
 
 /// What every owner shares.
@@ -255,6 +257,17 @@ impl AppHandle {
             reply,
         })
         .await
+    }
+
+    /// Whether the owner task is alive and taking commands: it answers a ping within `wait`.
+    /// It answers between calls and while a call is in flight, so only a dead or wedged owner
+    /// (or a full command queue) fails this.
+    pub async fn ping(&self, wait: Duration) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let probe = async {
+            self.commands.send(Command::Ping { reply }).await.is_ok() && answer.await.is_ok()
+        };
+        tokio::time::timeout(wait, probe).await.unwrap_or(false)
     }
 
     fn last_good(&self) -> Option<Arc<Token>> {
@@ -593,6 +606,10 @@ impl Owner {
                     };
                     self.flight(attempt, vec![reply]).await
                 }
+                Some(Command::Ping { reply }) => {
+                    let _ = reply.send(());
+                    ControlFlow::Continue(())
+                }
             };
             if flow.is_break() {
                 return;
@@ -659,6 +676,9 @@ impl Owner {
                 command = self.commands.recv(), if open => match command {
                     Some(Command::Refresh { reply, .. }) => waiters.push(reply),
                     Some(login @ Command::Login { .. }) => self.deferred.push_back(login),
+                    Some(Command::Ping { reply }) => {
+                        let _ = reply.send(());
+                    }
                     None => open = false,
                 },
             }
@@ -1217,5 +1237,50 @@ mod tests {
         );
         until_ready(&exchange).await;
         assert_eq!(*issuer.grants.lock().unwrap(), vec!["token_exchange"]);
+    }
+
+    /// Panics on every call: the owner task dies with it, as after a bug.
+    struct PanickingIssuer;
+
+    impl TokenIssuer for PanickingIssuer {
+        fn create_token(
+            &self,
+            _grant: GrantRequest,
+        ) -> BoxFuture<'_, Result<IssuedToken, UpstreamError>> {
+            Box::pin(async { panic!("test issuer: the owner task dies here") })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ping_is_answered_while_a_call_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = Arc::new(FakeIssuer {
+            script: Mutex::new(VecDeque::new()),
+            lifetime: 3600,
+            calls: AtomicUsize::new(0),
+            grants: Mutex::new(Vec::new()),
+            delay: Duration::from_secs(60),
+        });
+        let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared(300), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(handle.snapshot().state, AppState::Refreshing);
+        assert!(handle.ping(Duration::from_millis(10)).await);
+        until_ready(&handle).await;
+        assert!(handle.ping(Duration::from_millis(10)).await);
+        assert_eq!(issuer.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ping_fails_once_the_owner_task_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = AppHandle::spawn(
+            jwt_app(dir.path()),
+            Arc::new(PanickingIssuer),
+            None,
+            shared(300),
+            None,
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!handle.ping(Duration::from_secs(1)).await);
     }
 }

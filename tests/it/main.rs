@@ -11,6 +11,7 @@
 //! - `login`: `iamtokend login` end to end (PKCE, state, timeout, errors), the test as browser.
 //! - `reload`: SIGHUP adds, removes, changes apps; a broken config is rejected whole.
 //! - `redaction`: planted canary secrets never reach the logs.
+//! - `systemd`: sd_notify messages in order, socket activation, a second SIGTERM.
 
 mod support;
 
@@ -25,3 +26,4 @@ mod refresh;
 mod reload;
 mod socket_api;
 mod state;
+mod systemd;

@@ -164,8 +164,21 @@ impl TestEnv {
 
     /// Starts the daemon without waiting.
     pub fn spawn_daemon(&self, env: &[(&str, &str)]) -> Daemon {
+        self.spawn_daemon_under(&[], env)
+    }
+
+    /// Starts the daemon as the command of `wrapper` (e.g. `systemd-socket-activate -l PATH`)
+    /// without waiting; the wrapper must exec it in place (signals go to the wrapper's pid).
+    pub fn spawn_daemon_under(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", rand_suffix()));
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("serve").arg("--config").arg(self.main_file());
         daemon_env(&mut cmd, &self.options, self.dir.path());
         for (k, v) in env {
