@@ -3,13 +3,6 @@
 use crate::support::{client_id, TestEnv};
 use iamtokend::sim::Service;
 
-/// Access tokens the simulator issued to `app` (from its answers, via the token route).
-async fn served_token(daemon: &crate::support::Daemon, app: &str) -> String {
-    let (status, body) = daemon.get(&format!("/v1/apps/{app}/token")).await;
-    assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
     let env = TestEnv::new(3600).await;
@@ -27,10 +20,7 @@ async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
     let out = daemon.cli(&["token", "analytics"]).await;
     assert!(out.status.success(), "{out:?}");
     let printed = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        printed,
-        format!("{}\n", served_token(&daemon, "analytics").await)
-    );
+    assert_eq!(printed, format!("{}\n", daemon.token("analytics").await));
 
     // Every call was correctly signed, and each grant sent what it should.
     let calls = env.sim.calls();
@@ -65,23 +55,17 @@ async fn each_grant_reaches_ready_and_serves_the_simulators_token() {
         .unwrap();
     assert_eq!(
         exchange.params["subjectToken"],
-        served_token(&daemon, "analytics").await
+        daemon.token("analytics").await
     );
 
     // The authorization-code app logs in with a code + verifier issued for its challenge.
-    let verifier = iamtokend::pkce::verifier();
-    let code = env.sim.issue_auth_code(
-        &client_id("portal"),
-        "http://127.0.0.1:8400/callback",
-        &iamtokend::pkce::challenge(&verifier),
-    );
-    let body = serde_json::json!({"code": code, "code_verifier": verifier.expose(),
-        "redirect_uri": "http://127.0.0.1:8400/callback"});
-    let (status, answer) = daemon.post("/v1/apps/portal/login", Some(&body)).await;
+    let (status, answer, body) = env
+        .sim_login(&daemon, "portal", "http://127.0.0.1:8400/callback")
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["state"], "ready");
     daemon.wait_state("portal", "ready", 5).await;
-    served_token(&daemon, "portal").await;
+    daemon.token("portal").await;
     // A used code is refused by the simulator: the login answer says so.
     let (status, answer) = daemon.post("/v1/apps/portal/login", Some(&body)).await;
     assert_eq!(status, 503, "{answer}");

@@ -5,28 +5,14 @@ use std::time::Duration;
 
 use crate::support::{client_id, TestEnv};
 
-fn calls_for(env: &TestEnv, app: &str) -> Vec<iamtokend::sim::Call> {
-    env.sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
-        .collect()
-}
-
-async fn token(daemon: &crate::support::Daemon, app: &str) -> String {
-    let (status, body) = daemon.get(&format!("/v1/apps/{app}/token")).await;
-    assert_eq!(status, 200, "{app}: {body}");
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
 async fn wait_calls(env: &TestEnv, app: &str, n: usize) {
     for _ in 0..200 {
-        if calls_for(env, app).len() >= n {
+        if env.calls_for(app).len() >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{app}: fewer than {n} calls: {:?}", calls_for(env, app));
+    panic!("{app}: fewer than {n} calls: {:?}", env.calls_for(app));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,35 +34,32 @@ async fn a_chain_is_fetched_in_order_and_re_exchanged_when_its_subject_changes()
     };
     assert!(first("base") < first("middle") && first("middle") < first("top"));
     // Each exchange presented its subject's token of the time.
-    let base_token = token(&daemon, "base").await;
-    let middle_token = token(&daemon, "middle").await;
+    let base_token = daemon.token("base").await;
+    let middle_token = daemon.token("middle").await;
     assert_eq!(
-        calls_for(&env, "middle")[0].params["subjectToken"],
+        env.calls_for("middle")[0].params["subjectToken"],
         base_token
     );
-    assert_eq!(
-        calls_for(&env, "top")[0].params["subjectToken"],
-        middle_token
-    );
-    let top_token = token(&daemon, "top").await;
+    assert_eq!(env.calls_for("top")[0].params["subjectToken"], middle_token);
+    let top_token = daemon.token("top").await;
 
     // A new token for the base ripples down the chain, one exchange per level.
     assert!(daemon.cli(&["refresh", "base"]).await.status.success());
     wait_calls(&env, "top", 2).await;
-    let new_base = token(&daemon, "base").await;
-    let middle_calls = calls_for(&env, "middle");
+    let new_base = daemon.token("base").await;
+    let middle_calls = env.calls_for("middle");
     assert_eq!(middle_calls.len(), 2);
     assert_eq!(middle_calls[1].params["subjectToken"], new_base);
-    let new_middle = token(&daemon, "middle").await;
+    let new_middle = daemon.token("middle").await;
     assert_ne!(new_middle, middle_token);
-    let top_calls = calls_for(&env, "top");
+    let top_calls = env.calls_for("top");
     assert_eq!(top_calls[1].params["subjectToken"], new_middle);
-    assert_ne!(token(&daemon, "top").await, top_token);
+    assert_ne!(daemon.token("top").await, top_token);
     // ...and nothing more.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(calls_for(&env, "middle").len(), 2);
-    assert_eq!(calls_for(&env, "top").len(), 2);
-    assert_eq!(calls_for(&env, "base").len(), 2);
+    assert_eq!(env.calls_for("middle").len(), 2);
+    assert_eq!(env.calls_for("top").len(), 2);
+    assert_eq!(env.calls_for("base").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,25 +80,19 @@ async fn a_dependant_fails_while_its_subject_has_no_token_then_recovers() {
     );
     let (status, body) = daemon.get("/v1/apps/downstream/token").await;
     assert_eq!(status, 503, "{body}");
-    assert!(calls_for(&env, "downstream").is_empty());
+    assert!(env.calls_for("downstream").is_empty());
 
     // The subject logs in: the dependant exchanges its token at once, not at its next retry.
-    let verifier = iamtokend::pkce::verifier();
-    let code = env.sim.issue_auth_code(
-        &client_id("portal"),
-        "http://127.0.0.1:8400/callback",
-        &iamtokend::pkce::challenge(&verifier),
-    );
-    let body = serde_json::json!({"code": code, "code_verifier": verifier.expose(),
-        "redirect_uri": "http://127.0.0.1:8400/callback"});
-    let (status, answer) = daemon.post("/v1/apps/portal/login", Some(&body)).await;
+    let (status, answer, _) = env
+        .sim_login(&daemon, "portal", "http://127.0.0.1:8400/callback")
+        .await;
     assert_eq!(status, 200, "{answer}");
     daemon.wait_state("downstream", "ready", 5).await;
-    let calls = calls_for(&env, "downstream");
+    let calls = env.calls_for("downstream");
     assert_eq!(calls.len(), 1);
     assert_eq!(
         calls[0].params["subjectToken"],
-        token(&daemon, "portal").await
+        daemon.token("portal").await
     );
 }
 
@@ -129,7 +106,7 @@ async fn a_refused_refresh_token_without_another_source_needs_login_and_stops_ca
     let daemon = env.daemon().await;
     daemon.wait_state("reports", "ready", 10).await;
     daemon.wait_state("stranger", "needs_login", 10).await;
-    let token_before = token(&daemon, "reports").await;
+    let token_before = daemon.token("reports").await;
     // Every refresh token of the client is revoked; the seed file holds only the dead seed.
     env.sim.revoke_refresh_tokens(&client_id("reports"));
     let out = daemon.cli(&["refresh", "reports"]).await;
@@ -137,11 +114,11 @@ async fn a_refused_refresh_token_without_another_source_needs_login_and_stops_ca
     let row = daemon.wait_state("reports", "needs_login", 5).await;
     assert_eq!(row["last_error"]["code"], "needs_login", "{row}");
     assert!(row["next_refresh_at"].is_null(), "{row}");
-    let calls = calls_for(&env, "reports").len();
+    let calls = env.calls_for("reports").len();
 
     // The last good token is still valid: served until it expires (CONTRACT §4), even to a
     // request that wants more time left than it has, and without an upstream call.
-    assert_eq!(token(&daemon, "reports").await, token_before);
+    assert_eq!(daemon.token("reports").await, token_before);
     let (status, body) = daemon.get("/v1/apps/reports/token?min_ttl=999999").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["access_token"], token_before.as_str());
@@ -154,12 +131,12 @@ async fn a_refused_refresh_token_without_another_source_needs_login_and_stops_ca
     assert_eq!(body["error"]["code"], "needs_login");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        calls_for(&env, "reports").len(),
+        env.calls_for("reports").len(),
         calls,
         "no calls while needs_login"
     );
     assert_eq!(
-        calls_for(&env, "stranger").len(),
+        env.calls_for("stranger").len(),
         1,
         "no calls while needs_login"
     );
@@ -171,7 +148,7 @@ async fn a_refused_refresh_token_without_another_source_needs_login_and_stops_ca
     let out = daemon.cli(&["refresh", "reports"]).await;
     assert!(out.status.success(), "{out:?}");
     daemon.wait_state("reports", "ready", 5).await;
-    assert_ne!(token(&daemon, "reports").await, token_before);
+    assert_ne!(daemon.token("reports").await, token_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,5 +192,5 @@ async fn a_config_fault_is_failing_in_status_and_retried_only_at_max_backoff() {
         assert_eq!(body["error"]["code"], "token_unavailable");
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(calls_for(&env, "misfit").len(), 1);
+    assert_eq!(env.calls_for("misfit").len(), 1);
 }

@@ -7,14 +7,6 @@ use std::time::Duration;
 use crate::support::{client_id, TestEnv};
 use iamtokend::sim::Fault;
 
-fn calls_for(env: &TestEnv, app: &str) -> usize {
-    env.sim
-        .calls()
-        .iter()
-        .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_refreshed_before_expiry_and_every_answer_is_valid() {
     // 3 s tokens, min_lead 1 s: refreshed ~1.5 s after issue, so a reader polling for 5 s
@@ -52,7 +44,7 @@ async fn hundred_concurrent_forced_refreshes_make_at_most_two_calls() {
     env.jwt_app("analytics");
     let daemon = Arc::new(env.daemon().await);
     daemon.wait_state("analytics", "ready", 10).await;
-    let before = calls_for(&env, "analytics");
+    let before = env.calls_for("analytics").len();
     // The call takes 1 s, so the 100 requests overlap it even on a loaded machine: a request
     // that arrives after a call completed is a new refresh, not part of this burst.
     env.sim.push_fault_for(
@@ -70,7 +62,7 @@ async fn hundred_concurrent_forced_refreshes_make_at_most_two_calls() {
         let (status, body) = t.await.unwrap();
         assert_eq!(status, 200, "{body}");
     }
-    let made = calls_for(&env, "analytics") - before;
+    let made = env.calls_for("analytics").len() - before;
     assert!(
         (1..=2).contains(&made),
         "{made} upstream calls for 100 forced refreshes"
@@ -89,7 +81,7 @@ async fn server_errors_then_success_recovers_without_intervention() {
     // Backoff 0.5-1 s, 1-2 s, 2-4 s: ready within 10 s with no help.
     let row = daemon.wait_state("analytics", "ready", 12).await;
     assert!(row["last_error"].is_null(), "{row}");
-    assert_eq!(calls_for(&env, "analytics"), 4);
+    assert_eq!(env.calls_for("analytics").len(), 4);
     let (status, _) = daemon.get("/v1/apps/analytics/token").await;
     assert_eq!(status, 200);
 }
@@ -100,7 +92,7 @@ async fn call_gaps(env: &TestEnv, app: &str, calls: usize, limit: Duration) -> V
     let mut times = Vec::new();
     let mut last = 0;
     while times.len() < calls && start.elapsed() < limit {
-        let n = calls_for(env, app);
+        let n = env.calls_for(app).len();
         if n > last {
             last = n;
             times.push(start.elapsed().as_secs_f64());

@@ -1,21 +1,7 @@
 //! SIGHUP reload: apps added, removed and changed take effect; unchanged apps keep their
 //! tokens with no upstream call; a config with any error is rejected whole.
 
-use crate::support::{client_id, TestEnv};
-
-fn calls_for(env: &TestEnv, app: &str) -> usize {
-    env.sim
-        .calls()
-        .iter()
-        .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
-        .count()
-}
-
-async fn token(daemon: &crate::support::Daemon, app: &str) -> String {
-    let (status, body) = daemon.get(&format!("/v1/apps/{app}/token")).await;
-    assert_eq!(status, 200, "{app}: {body}");
-    body["access_token"].as_str().unwrap().to_owned()
-}
+use crate::support::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_removes_and_changes_apps_and_leaves_the_rest_alone() {
@@ -27,11 +13,11 @@ async fn sighup_adds_removes_and_changes_apps_and_leaves_the_rest_alone() {
     for app in ["keeper", "changer", "goner"] {
         daemon.wait_state(app, "ready", 10).await;
     }
-    let kept = token(&daemon, "keeper").await;
-    let changed = token(&daemon, "changer").await;
+    let kept = daemon.token("keeper").await;
+    let changed = daemon.token("changer").await;
     assert!(env.path("state/goner.json").exists());
-    let keeper_calls = calls_for(&env, "keeper");
-    let changer_calls = calls_for(&env, "changer");
+    let keeper_calls = env.calls_for("keeper").len();
+    let changer_calls = env.calls_for("changer").len();
 
     env.jwt_app("newcomer");
     std::fs::remove_file(env.path("apps.d/goner.toml")).unwrap();
@@ -53,18 +39,18 @@ async fn sighup_adds_removes_and_changes_apps_and_leaves_the_rest_alone() {
     daemon.wait_state("newcomer", "ready", 10).await;
     daemon.wait_state("changer", "ready", 10).await;
     assert_ne!(
-        token(&daemon, "changer").await,
+        daemon.token("changer").await,
         changed,
         "changed app: new token"
     );
-    assert_eq!(calls_for(&env, "changer"), changer_calls + 1);
+    assert_eq!(env.calls_for("changer").len(), changer_calls + 1);
     assert_eq!(
-        token(&daemon, "keeper").await,
+        daemon.token("keeper").await,
         kept,
         "unchanged app: same token"
     );
     assert_eq!(
-        calls_for(&env, "keeper"),
+        env.calls_for("keeper").len(),
         keeper_calls,
         "unchanged app: no call"
     );
@@ -92,7 +78,7 @@ async fn a_config_with_an_error_is_rejected_whole_and_the_running_one_stays() {
     env.jwt_app("steady");
     let daemon = env.daemon().await;
     daemon.wait_state("steady", "ready", 10).await;
-    let before = token(&daemon, "steady").await;
+    let before = daemon.token("steady").await;
 
     // One good new app and one broken one: neither is taken.
     env.jwt_app("hopeful");
@@ -109,14 +95,14 @@ async fn a_config_with_an_error_is_rejected_whole_and_the_running_one_stays() {
     );
     let (status, _) = daemon.get("/v1/apps/hopeful/token").await;
     assert_eq!(status, 404, "nothing of a rejected config is applied");
-    assert_eq!(token(&daemon, "steady").await, before);
-    assert_eq!(calls_for(&env, "hopeful"), 0);
+    assert_eq!(daemon.token("steady").await, before);
+    assert_eq!(env.calls_for("hopeful").len(), 0);
 
     // Fixed: the next SIGHUP takes it.
     std::fs::remove_file(env.path("apps.d/broken.toml")).unwrap();
     daemon.signal(libc::SIGHUP);
     daemon.wait_log("config reloaded", 1, 10).await;
     daemon.wait_state("hopeful", "ready", 10).await;
-    assert_eq!(token(&daemon, "steady").await, before);
+    assert_eq!(daemon.token("steady").await, before);
     assert_eq!(daemon.stop().code(), Some(0));
 }

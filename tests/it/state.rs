@@ -3,15 +3,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 
-use crate::support::{client_id, TestEnv};
-
-fn refresh_calls(env: &TestEnv, app: &str) -> Vec<iamtokend::sim::Call> {
-    env.sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
-        .collect()
-}
+use crate::support::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_rotation_presents_the_newest_refresh_token_first() {
@@ -23,7 +15,7 @@ async fn a_restart_mid_rotation_presents_the_newest_refresh_token_first() {
         assert!(daemon.cli(&["refresh", "reports"]).await.status.success());
     }
     assert_eq!(daemon.stop().code(), Some(0));
-    let before = refresh_calls(&env, "reports");
+    let before = env.calls_for("reports");
     assert_eq!(before.len(), 4);
     let state = env.path("state");
     assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
@@ -38,7 +30,7 @@ async fn a_restart_mid_rotation_presents_the_newest_refresh_token_first() {
     // The simulator rotates: every token already sent is dead. Only the newest works.
     let daemon = env.daemon().await;
     daemon.wait_state("reports", "ready", 10).await;
-    let after = refresh_calls(&env, "reports");
+    let after = env.calls_for("reports");
     assert_eq!(after.len(), 5, "one call after restart");
     let first = &after[4];
     assert_eq!(first.status, 200);
@@ -62,7 +54,7 @@ async fn a_damaged_state_file_is_moved_aside_and_the_daemon_starts() {
     daemon.wait_state("reports", "ready", 10).await;
     // It fell back to refresh_token_file.
     assert_eq!(
-        refresh_calls(&env, "reports")[0].params["refreshToken"],
+        env.calls_for("reports")[0].params["refreshToken"],
         "seed-refresh-token"
     );
     let aside: Vec<String> = std::fs::read_dir(env.path("state"))
@@ -90,7 +82,7 @@ async fn sigkill_at_random_moments_of_a_rotation_loop_never_loses_a_usable_token
         let daemon = std::sync::Arc::new(env.daemon().await);
         let row = daemon.wait_state("rotor", "ready", 10).await;
         assert_eq!(row["state"], "ready", "round {round}");
-        let calls = refresh_calls(&env, "rotor");
+        let calls = env.calls_for("rotor");
         let first = &calls[calls_before];
         assert_eq!(first.status, 200, "round {round}: {first:?}");
         if round > 0 {
@@ -114,9 +106,10 @@ async fn sigkill_at_random_moments_of_a_rotation_loop_never_loses_a_usable_token
         let _ = rotations.await;
         let daemon = std::sync::Arc::into_inner(daemon).expect("the loop is done");
         assert!(daemon.wait_exit().signal().is_some());
-        calls_before = refresh_calls(&env, "rotor").len();
+        calls_before = env.calls_for("rotor").len();
     }
-    let rotated = refresh_calls(&env, "rotor")
+    let rotated = env
+        .calls_for("rotor")
         .iter()
         .filter(|c| c.status == 200)
         .count();
@@ -125,7 +118,7 @@ async fn sigkill_at_random_moments_of_a_rotation_loop_never_loses_a_usable_token
         "only {rotated} rotations in {ROUNDS} rounds: the kills did not land mid-loop"
     );
     assert!(
-        refresh_calls(&env, "rotor").iter().all(|c| c.status == 200),
+        env.calls_for("rotor").iter().all(|c| c.status == 200),
         "a dead refresh token was presented"
     );
 }

@@ -73,6 +73,38 @@ impl TestEnv {
         env
     }
 
+    /// The simulator's calls for `app`, in order.
+    pub fn calls_for(&self, app: &str) -> Vec<iamtokend::sim::Call> {
+        self.sim
+            .calls()
+            .into_iter()
+            .filter(|c| c.client_id.as_deref() == Some(&client_id(app)))
+            .collect()
+    }
+
+    /// Logs `app` in through the socket's login route with a code the simulator issued for
+    /// a fresh verifier, as `iamtokend login` would after the browser's redirect. Returns the
+    /// status, the answer, and the request body (to replay it).
+    pub async fn sim_login(
+        &self,
+        daemon: &Daemon,
+        app: &str,
+        redirect_uri: &str,
+    ) -> (u16, Value, Value) {
+        let verifier = iamtokend::pkce::verifier();
+        let code = self.sim.issue_auth_code(
+            &client_id(app),
+            redirect_uri,
+            &iamtokend::pkce::challenge(&verifier),
+        );
+        let body = serde_json::json!({"code": code, "code_verifier": verifier.expose(),
+            "redirect_uri": redirect_uri});
+        let (status, answer) = daemon
+            .post(&format!("/v1/apps/{app}/login"), Some(&body))
+            .await;
+        (status, answer, body)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -262,6 +294,13 @@ impl Daemon {
             .await
             .expect("request");
         (a.status.as_u16(), a.body)
+    }
+
+    /// The access token the token route serves for `app` (asserting a 200).
+    pub async fn token(&self, app: &str) -> String {
+        let (status, body) = self.get(&format!("/v1/apps/{app}/token")).await;
+        assert_eq!(status, 200, "{app}: {body}");
+        body["access_token"].as_str().unwrap().to_owned()
     }
 
     /// The `/v1/apps` row of `app`.
