@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::{Config, Grant};
+use crate::metrics::Metrics;
 use crate::refresh::credentials::CredentialCache;
 use crate::refresh::policy::Policy;
 use crate::refresh::scheduler::Shared;
@@ -20,6 +21,7 @@ pub struct Broker {
     /// std `RwLock`: held only to clone an `Arc`, never across an await.
     apps: RwLock<BTreeMap<String, Arc<AppHandle>>>,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl Broker {
@@ -36,6 +38,7 @@ impl Broker {
             policy: policy_of(config),
             permits: Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
             store: store.clone(),
+            metrics: Arc::new(Metrics::new()),
         };
         let wall_secs = clock
             .wall_now()
@@ -68,7 +71,13 @@ impl Broker {
         Broker {
             apps: RwLock::new(apps),
             clock,
+            metrics: shared.metrics.clone(),
         }
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The clock every app runs on.

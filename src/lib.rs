@@ -10,6 +10,7 @@
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
 //! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
+//! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dev;
 pub mod grant;
 pub mod logging;
+pub mod metrics;
 pub mod pkce;
 pub mod refresh;
 pub mod secret;

@@ -93,6 +93,8 @@ pub struct Shared {
     pub permits: Arc<Semaphore>,
     /// Where refresh tokens are saved; `None` runs without persistence.
     pub store: Option<Arc<crate::store::Store>>,
+    /// Counters of upstream calls and refreshes (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A running app: its config, its snapshot, and the way to its owner task.
@@ -104,6 +106,7 @@ pub struct AppHandle {
     clock: Clock,
     /// Role credentials, for apps with `[role]`.
     credentials: Option<super::credentials::CredentialCache>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppHandle {
@@ -119,6 +122,7 @@ impl AppHandle {
         let (publish, snapshot) = watch::channel(Snapshot::default());
         let (commands, rx) = mpsc::channel(256);
         let clock = shared.clock;
+        let metrics = shared.metrics.clone();
         let owner = Owner {
             job: Job {
                 app: config.clone(),
@@ -126,6 +130,7 @@ impl AppHandle {
                 permits: shared.permits.clone(),
                 subject,
                 clock,
+                metrics: shared.metrics.clone(),
             },
             shared,
             publish,
@@ -143,7 +148,13 @@ impl AppHandle {
             commands,
             clock,
             credentials: None,
+            metrics,
         }
+    }
+
+    /// The daemon's metrics (the credential cache and the socket count into them).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Gives the app its role-credential cache.
@@ -309,6 +320,7 @@ struct Job {
     permits: Arc<Semaphore>,
     subject: Option<watch::Receiver<Snapshot>>,
     clock: Clock,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Job {
@@ -320,7 +332,13 @@ impl Job {
         // The semaphore is never closed; if it were, calling without a permit is the safe side.
         let _permit = self.permits.acquire().await.ok();
         debug!(app = %self.app.name, grant = label, "calling CreateTokenWithIAM");
-        self.issuer.create_token(grant).await.map(|t| (t, label))
+        let started = self.clock.now();
+        let result = self.issuer.create_token(grant).await;
+        let took = self.clock.now().saturating_duration_since(started);
+        let outcome = result.as_ref().map(|_| ());
+        self.metrics
+            .upstream_call(&self.app.name, label, outcome, took);
+        result.map(|t| (t, label))
     }
 
     async fn run(self, refresh_token: Option<Secret>, attempt: Attempt) -> Outcome {
@@ -605,6 +623,8 @@ impl Owner {
                 },
             }
         };
+        let result = outcome_label(&outcome);
+        self.shared.metrics.refresh_done(&self.job.app.name, result);
         let answer = self.apply(outcome);
         if forced && answer.is_ok() {
             self.forced_issued_at = Some(self.shared.clock.now());
@@ -654,6 +674,7 @@ impl Owner {
                     s.last_refresh_at = Some(clock.wall(now));
                     s.next_refresh_at = Some(clock.wall(now + delay));
                     s.last_error = None;
+                    s.consecutive_failures = 0;
                 });
                 return Ok(token);
             }
@@ -715,12 +736,23 @@ impl Owner {
             s.state = state;
             s.next_refresh_at = next_wall;
             s.last_error = Some(last_error);
+            s.consecutive_failures = self.failures;
         });
         Err(answer)
     }
 
     fn publish_with(&self, change: impl FnOnce(&mut Snapshot)) {
         self.publish.send_modify(change);
+    }
+}
+
+/// The `result` label of `iamtokend_refreshes_total`.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match &outcome.result {
+        Ok(_) => "ok",
+        Err(Failure::Upstream(_)) => "upstream_error",
+        Err(Failure::Source(_)) => "source_error",
+        Err(Failure::NeedsLogin(_)) => "needs_login",
     }
 }
 
@@ -855,6 +887,7 @@ mod tests {
             },
             permits: Arc::new(Semaphore::new(8)),
             store: None,
+            metrics: Default::default(),
         }
     }
 

@@ -26,10 +26,15 @@ where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match route(request, &broker).await {
+    let template = crate::metrics::route_template(request.uri().path());
+    let response = match route(request, &broker).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
-    }
+    };
+    broker
+        .metrics()
+        .request(template, response.status().as_u16());
+    response
 }
 
 async fn route<B>(request: Request<B>, broker: &Broker) -> Result<Response<Full<Bytes>>, ApiError>
@@ -59,6 +64,10 @@ where
                     only(&method, Method::GET)?;
                     let min_ttl = parse_min_ttl(query.as_deref())?;
                     let token = app.token(min_ttl).await?;
+                    if app.snapshot().last_error.is_some() {
+                        // The last attempt failed: this is the last good token.
+                        broker.metrics().served_stale(app.name(), "token");
+                    }
                     Ok(token_response(broker, &token))
                 }
                 "refresh" => {
@@ -84,7 +93,10 @@ where
                 ))),
             }
         }
-        ["metrics"] => Err(ApiError::not_found("/metrics (not built yet)")),
+        ["metrics"] => {
+            only(&method, Method::GET)?;
+            Ok(metrics_response(broker))
+        }
         _ => Err(ApiError::not_found(&shown(&path))),
     }
 }
@@ -148,6 +160,30 @@ fn list_apps(broker: &Broker) -> Response<Full<Bytes>> {
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "apps": apps }))
+}
+
+/// `GET /metrics`: the counters, then each app's gauges from its snapshot as of now.
+fn metrics_response(broker: &Broker) -> Response<Full<Bytes>> {
+    let now = broker.clock().now();
+    let samples = broker
+        .apps()
+        .iter()
+        .map(|app| {
+            let snap = app.snapshot();
+            crate::metrics::AppSample {
+                app: app.name().to_owned(),
+                state: snap.effective_state(now),
+                expires_in: snap.token.as_ref().map(|t| t.ttl(now).as_secs_f64()),
+                consecutive_failures: snap.consecutive_failures,
+            }
+        })
+        .collect();
+    let mut response = Response::new(Full::new(Bytes::from(broker.metrics().encode(samples))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 /// The token JSON of CONTRACT §5. Never the refresh token.
