@@ -8,12 +8,14 @@
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `redaction`: planted canary secrets never reach the logs.
+//! - `metrics`: `/metrics` parses, names follow conventions, counters move, no secret in it.
 
 mod support;
 
 mod cli;
 mod credentials;
 mod grants;
+mod metrics;
 mod process;
 mod redaction;
 mod refresh;
