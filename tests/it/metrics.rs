@@ -294,7 +294,10 @@ async fn exposition_parses_and_counters_move() {
             6
         );
     }
-    let ttl = m.sum("iamtokend_token_expires_in_seconds", &[("app", "analytics")]);
+    let ttl = m.sum(
+        "iamtokend_token_expires_in_seconds",
+        &[("app", "analytics")],
+    );
     assert!(ttl > 3500.0 && ttl <= 3600.0, "{ttl}");
     assert!(!m.has("iamtokend_token_expires_in_seconds", &[("app", "portal")]));
 
@@ -472,9 +475,7 @@ async fn no_secret_reaches_the_exposition() {
     let (status, body) = daemon.post("/v1/apps/analytics/refresh", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["access_token"], canary_token, "the canary was served");
-    let (status, _) = daemon
-        .get(&format!("/v1/apps/{canary_token}/token"))
-        .await;
+    let (status, _) = daemon.get(&format!("/v1/apps/{canary_token}/token")).await;
     assert_eq!(status, 404);
     let (status, _, _) = raw_get(&daemon.socket, &format!("/{canary_token}")).await;
     assert_eq!(status, 404);
@@ -521,7 +522,10 @@ async fn no_secret_reaches_the_exposition() {
         }
     }
     for canary in &canaries {
-        assert!(!text.contains(canary.as_str()), "a secret in the exposition");
+        assert!(
+            !text.contains(canary.as_str()),
+            "a secret in the exposition"
+        );
     }
     assert!(m.sum(REQUESTS, &[("route", "other"), ("status", "404")]) >= 1.0);
 }
