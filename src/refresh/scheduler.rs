@@ -74,12 +74,16 @@ enum Command {
         min_ttl: Duration,
         reply: Reply,
     },
-    Login {
-        code: Secret,
-        code_verifier: Secret,
-        redirect_uri: String,
-        reply: Reply,
-    },
+    /// Boxed: it is the large variant, and every app's channel allocates a block of 32
+    /// commands up front.
+    Login(Box<LoginCommand>),
+}
+
+struct LoginCommand {
+    code: Secret,
+    code_verifier: Secret,
+    redirect_uri: String,
+    reply: Reply,
 }
 
 /// What every owner shares.
@@ -232,11 +236,13 @@ impl AppHandle {
                 app: self.config.name.clone(),
             });
         }
-        self.ask(|reply| Command::Login {
-            code,
-            code_verifier,
-            redirect_uri,
-            reply,
+        self.ask(|reply| {
+            Command::Login(Box::new(LoginCommand {
+                code,
+                code_verifier,
+                redirect_uri,
+                reply,
+            }))
         })
         .await
     }
@@ -515,7 +521,9 @@ impl Owner {
                 }
             };
             let flow = match command {
-                None => self.flight(Attempt::Refresh, Vec::new(), false).await,
+                // Boxed: an attempt's future is kilobytes, and inlined it would make every idle
+                // app's task that large too (10,000 apps must fit in 64 MB).
+                None => Box::pin(self.flight(Attempt::Refresh, Vec::new(), false)).await,
                 Some(Command::Refresh {
                     force,
                     min_ttl,
@@ -525,20 +533,21 @@ impl Owner {
                         let _ = reply.send(answer);
                         ControlFlow::Continue(())
                     }
-                    None => self.flight(Attempt::Refresh, vec![reply], force).await,
+                    None => Box::pin(self.flight(Attempt::Refresh, vec![reply], force)).await,
                 },
-                Some(Command::Login {
-                    code,
-                    code_verifier,
-                    redirect_uri,
-                    reply,
-                }) => {
+                Some(Command::Login(login)) => {
+                    let LoginCommand {
+                        code,
+                        code_verifier,
+                        redirect_uri,
+                        reply,
+                    } = *login;
                     let attempt = Attempt::Login {
                         code,
                         code_verifier,
                         redirect_uri,
                     };
-                    self.flight(attempt, vec![reply], false).await
+                    Box::pin(self.flight(attempt, vec![reply], false)).await
                 }
             };
             if flow.is_break() {
@@ -618,7 +627,7 @@ impl Owner {
                         forced |= force;
                         waiters.push(reply);
                     }
-                    Some(login @ Command::Login { .. }) => self.deferred.push_back(login),
+                    Some(login @ Command::Login(_)) => self.deferred.push_back(login),
                     None => return ControlFlow::Break(()),
                 },
             }
