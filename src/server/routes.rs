@@ -186,25 +186,44 @@ fn metrics_response(broker: &Broker) -> Response<Full<Bytes>> {
     response
 }
 
+/// The token JSON of CONTRACT §5, serialized straight from borrowed fields (this is the hot
+/// path: no intermediate `Value` map). Never the refresh token.
+#[derive(serde::Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_at: String,
+    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<&'a str>,
+}
+
 /// The token JSON of CONTRACT §5. Never the refresh token.
 fn token_response(broker: &Broker, token: &Token) -> Response<Full<Bytes>> {
     let now = broker.clock().now();
-    let mut body = json!({
-        "access_token": token.access_token.expose(),
-        "token_type": token.token_type,
-        "expires_at": rfc3339(token.expires_at_wall),
-        "expires_in": token.ttl(now).as_secs(),
-    });
-    if let Some(scopes) = &token.scopes {
-        body["scopes"] = json!(scopes);
-    }
-    if let Some(t) = &token.issued_token_type {
-        body["issued_token_type"] = json!(t);
-    }
-    if let Some(t) = &token.id_token {
-        body["id_token"] = json!(t.expose());
-    }
-    json_response(StatusCode::OK, &body)
+    let body = TokenBody {
+        access_token: token.access_token.expose(),
+        token_type: &token.token_type,
+        expires_at: rfc3339(token.expires_at_wall),
+        expires_in: token.ttl(now).as_secs(),
+        scopes: token.scopes.as_deref(),
+        issued_token_type: token.issued_token_type.as_deref(),
+        id_token: token.id_token.as_ref().map(|t| t.expose()),
+    };
+    let mut bytes =
+        Vec::with_capacity(256 + body.access_token.len() + body.id_token.map_or(0, str::len));
+    // Serializing borrowed strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &body);
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[derive(Deserialize)]
