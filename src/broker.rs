@@ -9,6 +9,7 @@ use tracing::warn;
 
 use crate::clock::Clock;
 use crate::config::{Config, Grant};
+use crate::metrics::Metrics;
 use crate::refresh::credentials::CredentialCache;
 use crate::refresh::policy::{LivePolicy, Policy};
 use crate::refresh::scheduler::Shared;
@@ -56,6 +57,7 @@ impl Broker {
             policy: LivePolicy::new(policy_of(config)),
             permits: Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
             store,
+            metrics: Arc::new(Metrics::new()),
         };
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
@@ -186,6 +188,11 @@ impl Broker {
                 "calls still in flight at exit are abandoned"
             );
         }
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The clock every app runs on.

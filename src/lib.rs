@@ -13,6 +13,7 @@
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
 //! - [`notify`]: systemd notifications and the watchdog; [`server::activation`]: socket
 //!   activation.
+//! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -26,6 +27,7 @@ pub mod dev;
 pub mod grant;
 pub mod logging;
 pub mod login;
+pub mod metrics;
 pub mod notify;
 pub mod pkce;
 pub mod refresh;

@@ -589,6 +589,7 @@ mod tests {
             policy: crate::refresh::policy::LivePolicy::default(),
             permits: Arc::new(tokio::sync::Semaphore::new(8)),
             store: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         };
         let handle = Arc::new(AppHandle::spawn(
             app,

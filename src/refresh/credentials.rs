@@ -100,6 +100,9 @@ impl CredentialCache {
             }
         }
         if cached.retry_at.is_some_and(|at| now < at) {
+            if valid.is_some() {
+                app.metrics().served_stale(app.name(), "credentials");
+            }
             return valid.ok_or_else(|| self.unavailable(app, cached.last_error.clone()));
         }
         match self.fetch(app, token).await {
@@ -122,6 +125,9 @@ impl CredentialCache {
                 warn!(app = %app.name(), code = %code, error = %message, retry_in = wait.as_secs_f64(),
                       serving_last_good = valid.is_some(), "AssumeRole failed");
                 cached.last_error = Some((code, message));
+                if valid.is_some() {
+                    app.metrics().served_stale(app.name(), "credentials");
+                }
                 valid.ok_or_else(|| self.unavailable(app, cached.last_error.clone()))
             }
             Err(other) => Err(other),
@@ -153,7 +159,12 @@ impl CredentialCache {
             })?;
             let result = {
                 let _permit = self.permits.acquire().await.ok();
-                self.assumer.assume_role(context).await
+                let started = self.clock.now();
+                let result = self.assumer.assume_role(context).await;
+                let took = self.clock.now().saturating_duration_since(started);
+                app.metrics()
+                    .assume_role_call(app.name(), result.as_ref().map(|_| ()), took);
+                result
             };
             match result {
                 Ok(role) => return Ok(Arc::new(self.cache_entry(app, role, identity_of(&token)))),

@@ -75,14 +75,18 @@ enum Command {
         min_ttl: Duration,
         reply: Reply,
     },
-    Login {
-        code: Secret,
-        code_verifier: Secret,
-        redirect_uri: String,
-        reply: Reply,
-    },
+    /// Boxed: it is the large variant, and every app's channel allocates a block of 32
+    /// commands up front.
+    Login(Box<LoginCommand>),
     /// Liveness probe (the systemd watchdog): answered at once wherever the owner waits.
     Ping { reply: oneshot::Sender<()> },
+}
+
+struct LoginCommand {
+    code: Secret,
+    code_verifier: Secret,
+    redirect_uri: String,
+    reply: Reply,
 }
 
 /// What every owner shares.
@@ -96,6 +100,8 @@ pub struct Shared {
     pub permits: Arc<Semaphore>,
     /// Where refresh tokens are saved; `None` runs without persistence.
     pub store: Option<Arc<crate::store::Store>>,
+    /// Counters of upstream calls and refreshes (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A running app: its config, its snapshot, and the way to its owner task.
@@ -111,6 +117,7 @@ pub struct AppHandle {
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     /// The owner task.
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppHandle {
@@ -127,6 +134,7 @@ impl AppHandle {
         let (commands, rx) = mpsc::channel(256);
         let (stop, stop_rx) = oneshot::channel();
         let clock = shared.clock;
+        let metrics = shared.metrics.clone();
         let owner = Owner {
             job: Job {
                 app: config.clone(),
@@ -134,6 +142,7 @@ impl AppHandle {
                 permits: shared.permits.clone(),
                 subject: subject.clone(),
                 clock,
+                metrics: shared.metrics.clone(),
             },
             subject,
             subject_seen: None,
@@ -155,7 +164,13 @@ impl AppHandle {
             credentials: None,
             stop: std::sync::Mutex::new(Some(stop)),
             task: std::sync::Mutex::new(Some(task)),
+            metrics,
         }
+    }
+
+    /// The daemon's metrics (the credential cache and the socket count into them).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Gives the app its role-credential cache.
@@ -250,11 +265,13 @@ impl AppHandle {
                 app: self.config.name.clone(),
             });
         }
-        self.ask(|reply| Command::Login {
-            code,
-            code_verifier,
-            redirect_uri,
-            reply,
+        self.ask(|reply| {
+            Command::Login(Box::new(LoginCommand {
+                code,
+                code_verifier,
+                redirect_uri,
+                reply,
+            }))
         })
         .await
     }
@@ -351,6 +368,7 @@ struct Job {
     permits: Arc<Semaphore>,
     subject: Option<watch::Receiver<Snapshot>>,
     clock: Clock,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Job {
@@ -362,7 +380,13 @@ impl Job {
         // The semaphore is never closed; if it were, calling without a permit is the safe side.
         let _permit = self.permits.acquire().await.ok();
         debug!(app = %self.app.name, grant = label, "calling CreateTokenWithIAM");
-        self.issuer.create_token(grant).await.map(|t| (t, label))
+        let started = self.clock.now();
+        let result = self.issuer.create_token(grant).await;
+        let took = self.clock.now().saturating_duration_since(started);
+        let outcome = result.as_ref().map(|_| ());
+        self.metrics
+            .upstream_call(&self.app.name, label, outcome, took);
+        result.map(|t| (t, label))
     }
 
     async fn run(self, refresh_token: Option<Secret>, attempt: Attempt) -> Outcome {
@@ -581,7 +605,9 @@ impl Owner {
                 }
             };
             let flow = match command {
-                None => self.flight(Attempt::Refresh, Vec::new()).await,
+                // Boxed: an attempt's future is kilobytes, and inlined it would make every idle
+                // app's task that large too.
+                None => Box::pin(self.flight(Attempt::Refresh, Vec::new())).await,
                 Some(Command::Refresh {
                     force,
                     min_ttl,
@@ -591,20 +617,21 @@ impl Owner {
                         let _ = reply.send(answer);
                         ControlFlow::Continue(())
                     }
-                    None => self.flight(Attempt::Refresh, vec![reply]).await,
+                    None => Box::pin(self.flight(Attempt::Refresh, vec![reply])).await,
                 },
-                Some(Command::Login {
-                    code,
-                    code_verifier,
-                    redirect_uri,
-                    reply,
-                }) => {
+                Some(Command::Login(login)) => {
+                    let LoginCommand {
+                        code,
+                        code_verifier,
+                        redirect_uri,
+                        reply,
+                    } = *login;
                     let attempt = Attempt::Login {
                         code,
                         code_verifier,
                         redirect_uri,
                     };
-                    self.flight(attempt, vec![reply]).await
+                    Box::pin(self.flight(attempt, vec![reply])).await
                 }
                 Some(Command::Ping { reply }) => {
                     let _ = reply.send(());
@@ -675,7 +702,7 @@ impl Owner {
                 outcome = &mut job => break outcome,
                 command = self.commands.recv(), if open => match command {
                     Some(Command::Refresh { reply, .. }) => waiters.push(reply),
-                    Some(login @ Command::Login { .. }) => self.deferred.push_back(login),
+                    Some(login @ Command::Login(_)) => self.deferred.push_back(login),
                     Some(Command::Ping { reply }) => {
                         let _ = reply.send(());
                     }
@@ -686,6 +713,8 @@ impl Owner {
         if outcome.subject_used.is_some() {
             self.subject_seen = outcome.subject_used.clone();
         }
+        let result = outcome_label(&outcome);
+        self.shared.metrics.refresh_done(&self.job.app.name, result);
         let answer = self.apply(outcome);
         for waiter in waiters {
             let _ = waiter.send(answer.clone());
@@ -736,6 +765,7 @@ impl Owner {
                     s.last_refresh_at = Some(clock.wall(now));
                     s.next_refresh_at = Some(clock.wall(now + delay));
                     s.last_error = None;
+                    s.consecutive_failures = 0;
                 });
                 return Ok(token);
             }
@@ -797,6 +827,7 @@ impl Owner {
             s.state = state;
             s.next_refresh_at = next_wall;
             s.last_error = Some(last_error);
+            s.consecutive_failures = self.failures;
         });
         Err(answer)
     }
@@ -827,6 +858,16 @@ impl Owner {
 
     fn publish_with(&self, change: impl FnOnce(&mut Snapshot)) {
         self.publish.send_modify(change);
+    }
+}
+
+/// The `result` label of `iamtokend_refreshes_total`.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match &outcome.result {
+        Ok(_) => "ok",
+        Err(Failure::Upstream(_)) => "upstream_error",
+        Err(Failure::Source(_)) => "source_error",
+        Err(Failure::NeedsLogin(_)) => "needs_login",
     }
 }
 
@@ -961,6 +1002,7 @@ mod tests {
             }),
             permits: Arc::new(Semaphore::new(8)),
             store: None,
+            metrics: Default::default(),
         }
     }
 

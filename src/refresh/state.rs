@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub next_refresh_at: Option<SystemTime>,
     /// The last failure; cleared by a success.
     pub last_error: Option<LastError>,
+    /// Failed attempts in a row (the backoff step); 0 after a success.
+    pub consecutive_failures: u32,
 }
 
 impl Snapshot {

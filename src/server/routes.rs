@@ -26,10 +26,15 @@ where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match route(request, &broker).await {
+    let template = crate::metrics::route_template(request.uri().path());
+    let response = match route(request, &broker).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
-    }
+    };
+    broker
+        .metrics()
+        .request(template, response.status().as_u16());
+    response
 }
 
 async fn route<B>(request: Request<B>, broker: &Broker) -> Result<Response<Full<Bytes>>, ApiError>
@@ -59,6 +64,10 @@ where
                     only(&method, Method::GET)?;
                     let min_ttl = parse_min_ttl(query.as_deref())?;
                     let token = app.token(min_ttl).await?;
+                    if app.snapshot().last_error.is_some() {
+                        // The last attempt failed: this is the last good token.
+                        broker.metrics().served_stale(app.name(), "token");
+                    }
                     Ok(token_response(broker, &token))
                 }
                 "refresh" => {
@@ -84,7 +93,10 @@ where
                 ))),
             }
         }
-        ["metrics"] => Err(ApiError::not_found("/metrics (not built yet)")),
+        ["metrics"] => {
+            only(&method, Method::GET)?;
+            Ok(metrics_response(broker))
+        }
         _ => Err(ApiError::not_found(&shown(&path))),
     }
 }
@@ -150,25 +162,68 @@ fn list_apps(broker: &Broker) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({ "apps": apps }))
 }
 
+/// `GET /metrics`: the counters, then each app's gauges from its snapshot as of now.
+fn metrics_response(broker: &Broker) -> Response<Full<Bytes>> {
+    let now = broker.clock().now();
+    let samples = broker
+        .apps()
+        .iter()
+        .map(|app| {
+            let snap = app.snapshot();
+            crate::metrics::AppSample {
+                app: app.name().to_owned(),
+                state: snap.effective_state(now),
+                expires_in: snap.token.as_ref().map(|t| t.ttl(now).as_secs_f64()),
+                consecutive_failures: snap.consecutive_failures,
+            }
+        })
+        .collect();
+    let mut response = Response::new(Full::new(Bytes::from(broker.metrics().encode(samples))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// The token JSON of CONTRACT §5, serialized straight from borrowed fields (this is the hot
+/// path: no intermediate `Value` map). Never the refresh token.
+#[derive(serde::Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_at: String,
+    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<&'a str>,
+}
+
 /// The token JSON of CONTRACT §5. Never the refresh token.
 fn token_response(broker: &Broker, token: &Token) -> Response<Full<Bytes>> {
     let now = broker.clock().now();
-    let mut body = json!({
-        "access_token": token.access_token.expose(),
-        "token_type": token.token_type,
-        "expires_at": rfc3339(token.expires_at_wall),
-        "expires_in": token.ttl(now).as_secs(),
-    });
-    if let Some(scopes) = &token.scopes {
-        body["scopes"] = json!(scopes);
-    }
-    if let Some(t) = &token.issued_token_type {
-        body["issued_token_type"] = json!(t);
-    }
-    if let Some(t) = &token.id_token {
-        body["id_token"] = json!(t.expose());
-    }
-    json_response(StatusCode::OK, &body)
+    let body = TokenBody {
+        access_token: token.access_token.expose(),
+        token_type: &token.token_type,
+        expires_at: rfc3339(token.expires_at_wall),
+        expires_in: token.ttl(now).as_secs(),
+        scopes: token.scopes.as_deref(),
+        issued_token_type: token.issued_token_type.as_deref(),
+        id_token: token.id_token.as_ref().map(|t| t.expose()),
+    };
+    let mut bytes =
+        Vec::with_capacity(256 + body.access_token.len() + body.id_token.map_or(0, str::len));
+    // Serializing borrowed strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &body);
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use aws_sdk_ssooidc::config::SharedHttpClient;
 use aws_sdk_ssooidc::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssooidc::operation::create_token_with_iam::{
     CreateTokenWithIAMError, CreateTokenWithIamOutput,
@@ -35,6 +36,27 @@ pub struct Upstreams {
     /// One loaded SdkConfig per profile (None = the default chain): credential providers
     /// cache their credentials, so apps sharing a profile share one cache.
     sdk_configs: Mutex<HashMap<Option<String>, SdkConfig>>,
+    /// One HTTPS client (TLS context, trust roots, connection pool) for every SDK client.
+    /// Without it each app's client builds its own on first use: about 150 kB per app (trust
+    /// roots, pool) and an idle connection per app, where 10,000 apps must fit in 64 MB.
+    http_client: SharedHttpClient,
+    /// SDK clients by (profile, region, endpoint_url): an SDK client is ~10 kB of config
+    /// layers and runtime plugins, and apps differ only in what each call carries (client id,
+    /// scopes), so apps of one region share one client.
+    oidc_clients: Mutex<HashMap<ClientKey, aws_sdk_ssooidc::Client>>,
+    sts_clients: Mutex<HashMap<ClientKey, aws_sdk_sts::Client>>,
+}
+
+/// What tells SDK clients apart: `[aws] profile`, region, endpoint override.
+type ClientKey = (Option<String>, String, Option<String>);
+
+/// The SDK's default HTTPS stack (rustls with aws-lc), built once.
+fn shared_http_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .build_https()
 }
 
 impl Upstreams {
@@ -43,6 +65,9 @@ impl Upstreams {
         Upstreams {
             credentials_override: None,
             sdk_configs: Mutex::new(HashMap::new()),
+            http_client: shared_http_client(),
+            oidc_clients: Mutex::new(HashMap::new()),
+            sts_clients: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,6 +76,9 @@ impl Upstreams {
         Upstreams {
             credentials_override: Some(credentials),
             sdk_configs: Mutex::new(HashMap::new()),
+            http_client: shared_http_client(),
+            oidc_clients: Mutex::new(HashMap::new()),
+            sts_clients: Mutex::new(HashMap::new()),
         }
     }
 
@@ -62,6 +90,7 @@ impl Upstreams {
             return c.clone();
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(self.http_client.clone())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -87,20 +116,51 @@ impl Upstreams {
     /// A role assumer for an app with a `[role]`.
     pub async fn role_assumer(&self, app: &AppConfig) -> Option<Arc<dyn super::sts::RoleAssumer>> {
         let role = app.role.as_ref()?;
-        let sdk = self.sdk_config(app.aws.profile.as_deref()).await;
-        Some(Arc::new(super::sts::StsAssumer::new(&sdk, app, role)))
+        let key = (
+            app.aws.profile.clone(),
+            app.region.clone(),
+            role.endpoint_url.clone(),
+        );
+        let cached = self.sts_clients.lock().await.get(&key).cloned();
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                let sdk = self.sdk_config(app.aws.profile.as_deref()).await;
+                let client = super::sts::StsAssumer::client(&sdk, app, role);
+                self.sts_clients.lock().await.insert(key, client.clone());
+                client
+            }
+        };
+        Some(Arc::new(super::sts::StsAssumer {
+            client,
+            role: role.clone(),
+        }))
     }
 
     /// A token issuer for one app.
     pub async fn token_issuer(&self, app: &AppConfig) -> Arc<dyn TokenIssuer> {
-        let sdk = self.sdk_config(app.aws.profile.as_deref()).await;
-        let mut builder =
-            aws_sdk_ssooidc::config::Builder::from(&sdk).region(Region::new(app.region.clone()));
-        if let Some(url) = &app.endpoint_url {
-            builder = builder.endpoint_url(url);
-        }
+        let key = (
+            app.aws.profile.clone(),
+            app.region.clone(),
+            app.endpoint_url.clone(),
+        );
+        let cached = self.oidc_clients.lock().await.get(&key).cloned();
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                let sdk = self.sdk_config(app.aws.profile.as_deref()).await;
+                let mut builder = aws_sdk_ssooidc::config::Builder::from(&sdk)
+                    .region(Region::new(app.region.clone()));
+                if let Some(url) = &app.endpoint_url {
+                    builder = builder.endpoint_url(url);
+                }
+                let client = aws_sdk_ssooidc::Client::from_conf(builder.build());
+                self.oidc_clients.lock().await.insert(key, client.clone());
+                client
+            }
+        };
         Arc::new(OidcIssuer {
-            client: aws_sdk_ssooidc::Client::from_conf(builder.build()),
+            client,
             client_id: app.client_id.clone(),
             scopes: app.scopes.clone(),
         })

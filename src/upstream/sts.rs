@@ -44,21 +44,19 @@ pub(crate) struct StsAssumer {
 }
 
 impl StsAssumer {
-    /// A client for `app`'s `[role]`, in the app's region.
-    pub(crate) fn new(
+    /// An STS client for `app`'s `[role]`, in the app's region (shareable by every app with
+    /// the same profile, region and endpoint).
+    pub(crate) fn client(
         sdk: &aws_config::SdkConfig,
         app: &AppConfig,
         role: &RoleConfig,
-    ) -> StsAssumer {
+    ) -> aws_sdk_sts::Client {
         let mut builder =
             aws_sdk_sts::config::Builder::from(sdk).region(Region::new(app.region.clone()));
         if let Some(url) = &role.endpoint_url {
             builder = builder.endpoint_url(url);
         }
-        StsAssumer {
-            client: aws_sdk_sts::Client::from_conf(builder.build()),
-            role: role.clone(),
-        }
+        aws_sdk_sts::Client::from_conf(builder.build())
     }
 }
 

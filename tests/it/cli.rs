@@ -178,3 +178,133 @@ async fn fetch_runs_a_grant_once_without_a_daemon() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
+
+/// `status` as a health check: exit 0 when every app is ready (table and JSON alike), non-zero
+/// as soon as one is failing, and the failing one's row carries its last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exits_0_only_when_every_app_is_ready() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    env.refresh_app("reports", "seed-refresh-token");
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    daemon.wait_state("reports", "ready", 10).await;
+    for format in ["table", "json"] {
+        let out = daemon.cli(&["status", "--format", format]).await;
+        assert_eq!(out.status.code(), Some(0), "{format}: {out:?}");
+        assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    }
+    drop(daemon);
+
+    // A config fault is retried only every max_backoff (30 s): the app stays failing.
+    env.jwt_app("billing");
+    env.sim.push_fault_for(
+        &crate::support::client_id("billing"),
+        iamtokend::sim::Fault::invalid_client(),
+    );
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    daemon.wait_state("billing", "failing", 10).await;
+    for format in ["table", "json"] {
+        let out = daemon.cli(&["status", "--format", format]).await;
+        assert_eq!(out.status.code(), Some(1), "{format}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("not ready: billing"),
+            "{}",
+            text(&out.stderr)
+        );
+        let shown = text(&out.stdout);
+        assert!(shown.contains("invalid_client"), "{shown}");
+    }
+}
+
+/// The LAST REFRESH column tells when the last successful refresh finished, for every app and
+/// in particular refresh-token apps: right after start it is now, a later forced refresh
+/// moves it, and a failed refresh leaves it where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_when_each_app_last_refreshed() {
+    use std::time::{Duration, SystemTime};
+    #[allow(clippy::disallowed_methods)] // the test's own wall clock
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
+    let at = |row: &serde_json::Value, key: &str| {
+        humantime::parse_rfc3339(row[key].as_str().unwrap_or_else(|| panic!("{key}: {row}")))
+            .unwrap()
+    };
+    let row_of = |json: &serde_json::Value, app: &str| {
+        json["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == app)
+            .cloned()
+            .unwrap()
+    };
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    env.refresh_app("reports", "seed-refresh-token");
+    let daemon = env.daemon().await;
+    let started = now();
+    daemon.wait_state("analytics", "ready", 10).await;
+    daemon.wait_state("reports", "ready", 10).await;
+
+    let out = daemon.cli(&["status", "--format", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut first = std::collections::BTreeMap::new();
+    for app in ["analytics", "reports"] {
+        let row = row_of(&json, app);
+        let last = at(&row, "last_refresh_at");
+        // Whole seconds: within a few seconds of when the daemon started.
+        assert!(
+            last + Duration::from_secs(1) >= started && last <= now(),
+            "{row}"
+        );
+        // A 3600 s token issued then: expires an hour after, next refresh in between.
+        let lifetime = at(&row, "expires_at").duration_since(last).unwrap();
+        assert!(
+            lifetime.as_secs().abs_diff(3600) <= 1,
+            "{lifetime:?}: {row}"
+        );
+        let next = at(&row, "next_refresh_at");
+        assert!(next > last && next < at(&row, "expires_at"), "{row}");
+        first.insert(app, last);
+    }
+    let out = daemon.cli(&["status"]).await;
+    let table = text(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("LAST REFRESH"));
+    for line in table.lines().skip(1) {
+        // Columns: APP GRANT STATE EXPIRES(in ..) NEXT REFRESH(in ..) LAST REFRESH(.. ago).
+        assert!(line.contains(" ago"), "no last refresh shown: {table}");
+    }
+
+    // A forced refresh of the refresh-token app moves its LAST REFRESH forward.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = daemon.cli(&["refresh", "reports"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let refreshed = now();
+    let (_, json) = daemon.get("/v1/apps").await;
+    let row = row_of(&json, "reports");
+    let last = at(&row, "last_refresh_at");
+    assert!(last > first["reports"], "{row}");
+    assert!(
+        last + Duration::from_secs(2) >= refreshed && last <= now(),
+        "{row}"
+    );
+    assert_eq!(
+        at(&row_of(&json, "analytics"), "last_refresh_at"),
+        first["analytics"]
+    );
+
+    // A failed refresh leaves it where it was and shows the error.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.sim.push_fault_for(
+        &crate::support::client_id("reports"),
+        iamtokend::sim::Fault::invalid_client(),
+    );
+    let out = daemon.cli(&["refresh", "reports"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let row = daemon.wait_state("reports", "failing", 5).await;
+    assert_eq!(at(&row, "last_refresh_at"), last, "{row}");
+    assert_eq!(row["last_error"]["code"], "invalid_client", "{row}");
+}

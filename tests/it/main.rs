@@ -12,6 +12,7 @@
 //! - `reload`: SIGHUP adds, removes, changes apps; a broken config is rejected whole.
 //! - `redaction`: planted canary secrets never reach the logs.
 //! - `systemd`: sd_notify messages in order, socket activation, a second SIGTERM.
+//! - `metrics`: `/metrics` parses, names follow conventions, counters move, no secret in it.
 
 mod support;
 
@@ -20,6 +21,7 @@ mod credentials;
 mod grants;
 mod lifecycle;
 mod login;
+mod metrics;
 mod process;
 mod redaction;
 mod refresh;

@@ -50,8 +50,8 @@ async fn routes_and_error_codes() {
     assert_error(s, &b, 404, "unknown_app");
     let (s, b) = daemon.get("/v1/apps/analytics/credentials").await;
     assert_error(s, &b, 409, "no_role");
-    let (s, b) = daemon.get("/metrics").await;
-    assert_error(s, &b, 404, "not_found");
+    let (s, b) = daemon.post("/metrics", None).await;
+    assert_error(s, &b, 405, "method_not_allowed");
     let (s, b) = daemon.get("/v1/nothing").await;
     assert_error(s, &b, 404, "not_found");
     let (s, b) = daemon.get("/v1/apps/analytics/token?min_ttl=soon").await;
