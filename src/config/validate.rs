@@ -69,6 +69,13 @@ const ROLE_DURATION_MIN: Duration = Duration::from_secs(15 * 60);
 const ROLE_DURATION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// `[role] duration` default: STS's own default session length.
 const ROLE_DURATION_DEFAULT: Duration = Duration::from_secs(3600);
+/// `[aws] connect_timeout` bounds: under 100ms fails on any real network; over 5m a dead
+/// endpoint holds an app (and a `max_concurrent` slot) for too long.
+const CONNECT_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(5 * 60);
+/// `[aws] read_timeout` bounds, same reasoning.
+const READ_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const READ_TIMEOUT_MAX: Duration = Duration::from_secs(10 * 60);
 /// `[refresh] max_backoff` floor: below a second the "backoff" would hammer the service.
 const MAX_BACKOFF_MIN: Duration = Duration::from_secs(1);
 
@@ -939,11 +946,10 @@ fn check_app(
         }
     });
 
-    let mut aws = AwsConfig::default();
-    if let Some(sec) = root.table(cx, "aws") {
-        sec.unknown_keys(cx, &["profile"]);
-        aws.profile = sec.non_empty(cx, "profile").map(|(s, _)| s.to_string());
-    }
+    let aws = match root.table(cx, "aws") {
+        Some(sec) => check_aws(cx, &sec, app_dir),
+        None => AwsConfig::default(),
+    };
     let role = root
         .table(cx, "role")
         .and_then(|sec| check_role(cx, &sec, name));
@@ -1061,6 +1067,70 @@ fn check_role(cx: &mut FileCx<'_>, sec: &Section<'_, '_>, app_name: &str) -> Opt
     })
 }
 
+fn check_aws(cx: &mut FileCx<'_>, sec: &Section<'_, '_>, app_dir: &Path) -> AwsConfig {
+    sec.unknown_keys(
+        cx,
+        &["profile", "connect_timeout", "read_timeout", "ca_bundle"],
+    );
+    let mut aws = AwsConfig {
+        profile: sec.non_empty(cx, "profile").map(|(s, _)| s.to_string()),
+        ..AwsConfig::default()
+    };
+    if let Some((d, span)) = sec.duration(cx, "connect_timeout") {
+        if (CONNECT_TIMEOUT_MIN..=CONNECT_TIMEOUT_MAX).contains(&d) {
+            aws.connect_timeout = d;
+        } else {
+            cx.at(&span, "`connect_timeout` must be between 100ms and 5m");
+        }
+    }
+    if let Some((d, span)) = sec.duration(cx, "read_timeout") {
+        if (READ_TIMEOUT_MIN..=READ_TIMEOUT_MAX).contains(&d) {
+            aws.read_timeout = d;
+        } else {
+            cx.at(&span, "`read_timeout` must be between 1s and 10m");
+        }
+    }
+    if let Some((path, span)) = sec.path(cx, "ca_bundle", app_dir) {
+        match read_ca_bundle(&path) {
+            Ok(bundle) => aws.ca_bundle = Some(bundle),
+            Err(message) => cx.at(&span, format!("`ca_bundle`: {message}")),
+        }
+    }
+    aws
+}
+
+/// Reads a PEM bundle and checks every certificate in it the way the TLS stack will take
+/// it as a trust root (the SDK's client panics on one it cannot parse, so none may reach it).
+fn read_ca_bundle(path: &Path) -> Result<CaBundle, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "certificate {} of {} cannot be used as a trust root: {e}",
+                i + 1,
+                path.display()
+            )
+        })?;
+    }
+    Ok(CaBundle {
+        path: path.to_path_buf(),
+        certificates: roots.len(),
+        pem,
+    })
+}
+
 fn check_access(cx: &mut FileCx<'_>, sec: &Section<'_, '_>) -> AccessConfig {
     sec.unknown_keys(cx, &["uids", "users", "groups"]);
     let mut access = AccessConfig::default();
@@ -1075,9 +1145,62 @@ fn check_access(cx: &mut FileCx<'_>, sec: &Section<'_, '_>) -> AccessConfig {
             }
         }
     }
-    access.users = sec.strings(cx, "users").unwrap_or_default();
-    access.groups = sec.strings(cx, "groups").unwrap_or_default();
+    access.users = principals(cx, sec, "users", "user", lookup_user);
+    access.groups = principals(cx, sec, "groups", "group", lookup_group);
     access
+}
+
+/// `users` / `groups`: each name resolved now, so a typo is a config error at its element
+/// rather than a silent "nobody matches" at request time.
+fn principals(
+    cx: &mut FileCx<'_>,
+    sec: &Section<'_, '_>,
+    key: &str,
+    what: &str,
+    lookup: fn(&str) -> Result<Option<u32>, String>,
+) -> Vec<Principal> {
+    let Some(array) = sec.array(cx, key, "strings") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in array {
+        let Some(name) = item.get_ref().as_str().filter(|s| !s.is_empty()) else {
+            cx.at(
+                &item.span(),
+                format!("`{key}` must contain only non-empty strings"),
+            );
+            continue;
+        };
+        match lookup(name) {
+            Ok(Some(id)) => out.push(Principal {
+                name: name.to_string(),
+                id,
+            }),
+            Ok(None) => cx.at(
+                &item.span(),
+                format!("{what} `{}` does not exist", name.escape_debug()),
+            ),
+            Err(e) => cx.at(
+                &item.span(),
+                format!("cannot look up {what} `{}`: {e}", name.escape_debug()),
+            ),
+        }
+    }
+    out
+}
+
+/// getpwnam_r through nix: the system's user database (NSS), as `id NAME` sees it.
+fn lookup_user(name: &str) -> Result<Option<u32>, String> {
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(|e| e.desc().to_string())
+}
+
+/// getgrnam_r through nix.
+fn lookup_group(name: &str) -> Result<Option<u32>, String> {
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid.as_raw()))
+        .map_err(|e| e.desc().to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1460,6 +1583,13 @@ mod tests {
             }
         );
         assert_eq!(a.aws.profile.as_deref(), Some("broker"));
+        assert_eq!(a.aws.connect_timeout, Duration::from_secs(2));
+        assert_eq!(a.aws.read_timeout, Duration::from_secs(90));
+        let bundle = a.aws.ca_bundle.as_ref().unwrap();
+        assert_eq!(bundle.path, apps.join("intercept-ca.pem"));
+        assert_eq!(bundle.certificates, 1);
+        assert!(bundle.pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert_eq!(config.apps["b"].aws, AwsConfig::default());
         let role = a.role.as_ref().unwrap();
         assert_eq!(role.session_name, "iamtokend-a-1");
         assert_eq!(role.duration, Duration::from_secs(12 * 3600));
@@ -1467,8 +1597,14 @@ mod tests {
             a.access,
             Some(AccessConfig {
                 uids: vec![0, 1000],
-                users: vec!["alice".to_string()],
-                groups: vec!["wheel".to_string()],
+                users: vec![Principal {
+                    name: "root".to_string(),
+                    id: 0
+                }],
+                groups: vec![Principal {
+                    name: "root".to_string(),
+                    id: 0
+                }],
             })
         );
         assert_eq!(

@@ -19,14 +19,64 @@ use super::{
     BoxFuture, GrantRequest, IssuedToken, TokenIssuer, UpstreamError, ACCESS_TOKEN_URN,
     MAX_EXPIRES_IN,
 };
-use crate::config::AppConfig;
+use aws_sdk_ssooidc::config::SharedHttpClient;
+
+use crate::config::{AppConfig, AwsConfig};
 use crate::secret::Secret;
 
-/// Connect timeout for upstream calls.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Whole-call timeout for one upstream attempt: long enough for a slow region, short enough
-/// that a hung connection does not hold an app (and a `max_concurrent` slot) for minutes.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect timeout of the shared SDK config (the credential chain's own calls); an app's
+/// calls use its `[aws] connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = crate::config::DEFAULT_CONNECT_TIMEOUT;
+/// Whole-attempt timeout of the shared SDK config; an app's calls use its `[aws]`
+/// `connect_timeout + read_timeout`.
+pub const CALL_TIMEOUT: Duration = crate::config::DEFAULT_READ_TIMEOUT;
+
+/// An app's `[aws]` timeouts as the SDK takes them: `connect_timeout` for TCP + TLS,
+/// `read_timeout` from the request sent to the answer's head, and the two together as the
+/// bound of one whole attempt (so a body that trickles in is cut off too).
+pub(crate) fn timeouts(aws: &AwsConfig) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(aws.connect_timeout)
+        .read_timeout(aws.read_timeout)
+        .operation_attempt_timeout(aws.connect_timeout + aws.read_timeout)
+        .build()
+}
+
+/// The SDK's default HTTPS client (hyper 1 + rustls with aws-lc, `HTTPS_PROXY`/`NO_PROXY`
+/// from the environment), with `[aws] ca_bundle` added to the system's trust roots; `None`
+/// without a bundle, so the SDK picks its own default client.
+///
+/// Built the way aws-smithy-runtime builds its default (`default_https_client`), through
+/// `Builder::build_with_connector_fn`, which caches one connector per timeout setting. The
+/// simpler `Builder::tls_context(..).build_https()` would silently drop the proxy settings.
+pub(crate) fn http_client(aws: &AwsConfig) -> Option<SharedHttpClient> {
+    use aws_smithy_http_client::{proxy::ProxyConfig, tls, Builder, ConnectorBuilder};
+    let bundle = aws.ca_bundle.as_ref()?;
+    // The bundle was parsed and checked at config load: the TLS stack panics on a bad one.
+    let trust = tls::TrustStore::default().with_pem_certificate(bundle.pem.clone());
+    let context = match tls::TlsContext::builder().with_trust_store(trust).build() {
+        Ok(context) => context,
+        Err(e) => {
+            tracing::error!(bundle = %bundle.path.display(), error = %e, "cannot use the CA bundle; using the system's roots only");
+            return None;
+        }
+    };
+    Some(
+        Builder::new().build_with_connector_fn(move |settings, components| {
+            let mut connector = ConnectorBuilder::default()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .tls_context(context.clone());
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(ProxyConfig::from_env()));
+            connector.build()
+        }),
+    )
+}
 
 /// Builds SDK clients for apps, loading each `[aws] profile`'s credential chain once.
 pub struct Upstreams {
@@ -98,6 +148,10 @@ impl Upstreams {
             aws_sdk_ssooidc::config::Builder::from(&sdk).region(Region::new(app.region.clone()));
         if let Some(url) = &app.endpoint_url {
             builder = builder.endpoint_url(url);
+        }
+        builder = builder.timeout_config(timeouts(&app.aws));
+        if let Some(client) = http_client(&app.aws) {
+            builder = builder.http_client(client);
         }
         Arc::new(OidcIssuer {
             client: aws_sdk_ssooidc::Client::from_conf(builder.build()),
