@@ -10,7 +10,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use tracing::warn;
+
 use super::error::ApiError;
+use super::peer::{self, Peer};
 use crate::broker::Broker;
 use crate::clock::rfc3339;
 use crate::config::Grant;
@@ -20,73 +23,178 @@ use crate::secret::Secret;
 /// Largest request body taken (the login body is a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Routes one request.
-pub async fn handle<B>(request: Request<B>, broker: Arc<Broker>) -> Response<Full<Bytes>>
+/// What a request asks for, once its method, path and query are understood. Built by
+/// [`resolve`], which is pure, so routing can be tested (and fuzzed) without a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /v1/health`.
+    Health,
+    /// `GET /v1/apps`.
+    Apps,
+    /// `/v1/apps/{app}/{action}` for an app that exists.
+    App {
+        /// The app's name, as it appeared in the path (it matched a configured app).
+        name: &'a str,
+        /// What to do with it.
+        action: AppAction,
+    },
+}
+
+/// The per-app routes of CONTRACT §5.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppAction {
+    /// `GET .../token[?min_ttl=SECS]`.
+    Token {
+        /// Refresh first if the cached token has less than this left.
+        min_ttl: Duration,
+    },
+    /// `POST .../refresh`.
+    Refresh,
+    /// `POST .../login`.
+    Login,
+    /// `GET .../credentials`.
+    Credentials,
+}
+
+/// Per-server state the handlers need besides the request.
+pub struct Ctx {
+    /// The running apps.
+    pub broker: Arc<Broker>,
+    /// The daemon's effective uid: with root, the readers of an app without `[access]`.
+    pub daemon_uid: u32,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+/// Routes one request from `peer`.
+pub async fn handle<B>(request: Request<B>, ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match route(request, &broker).await {
+    match route(request, ctx, peer).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
 }
 
-async fn route<B>(request: Request<B>, broker: &Broker) -> Result<Response<Full<Bytes>>, ApiError>
+/// Method, path and query -> [`Route`]. `is_app` says whether a name is a configured app.
+/// Paths are taken as sent: no percent-decoding (an app name never needs encoding, so
+/// `/v1/apps/ana%6Cytics/token` names no app and answers 404 `unknown_app`).
+///
+/// # Errors
+/// 404 `unknown_app` / `not_found`, 405 `method_not_allowed`, 400 `bad_request` (query).
+pub fn resolve<'a>(
+    method: &Method,
+    path: &'a str,
+    query: Option<&str>,
+    is_app: impl Fn(&str) -> bool,
+) -> Result<Route<'a>, ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "health"] => {
+            only(method, Method::GET)?;
+            Ok(Route::Health)
+        }
+        ["v1", "apps"] => {
+            only(method, Method::GET)?;
+            Ok(Route::Apps)
+        }
+        ["v1", "apps", name, action] => {
+            if !is_app(name) {
+                return Err(ApiError::unknown_app(name));
+            }
+            let action = match *action {
+                "token" => {
+                    only(method, Method::GET)?;
+                    AppAction::Token {
+                        min_ttl: parse_min_ttl(query)?,
+                    }
+                }
+                "refresh" => {
+                    only(method, Method::POST)?;
+                    AppAction::Refresh
+                }
+                "login" => {
+                    only(method, Method::POST)?;
+                    AppAction::Login
+                }
+                "credentials" => {
+                    only(method, Method::GET)?;
+                    AppAction::Credentials
+                }
+                _ => {
+                    return Err(ApiError::not_found(&format!(
+                        "/v1/apps/{{app}}/{}",
+                        shown(action)
+                    )))
+                }
+            };
+            Ok(Route::App { name, action })
+        }
+        ["metrics"] => Err(ApiError::not_found("/metrics (not built yet)")),
+        _ => Err(ApiError::not_found(&shown(path))),
+    }
+}
+
+async fn route<B>(
+    request: Request<B>,
+    ctx: &Ctx,
+    peer: &Peer,
+) -> Result<Response<Full<Bytes>>, ApiError>
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let broker = &ctx.broker;
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
     let method = request.method().clone();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "health"] => {
-            only(&method, Method::GET)?;
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
-        }
-        ["v1", "apps"] => {
-            only(&method, Method::GET)?;
-            Ok(list_apps(broker))
-        }
-        ["v1", "apps", name, action] => {
+    match resolve(&method, &path, query.as_deref(), |name| {
+        broker.app(name).is_some()
+    })? {
+        Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Apps => Ok(list_apps(ctx, peer).await),
+        Route::App { name, action } => {
+            // Gone between `resolve` and here only through a reload: the same 404.
             let app = broker
                 .app(name)
                 .ok_or_else(|| ApiError::unknown_app(name))?;
-            match *action {
-                "token" => {
-                    only(&method, Method::GET)?;
-                    let min_ttl = parse_min_ttl(query.as_deref())?;
+            if !may_read(ctx, peer, &app).await {
+                warn!(app = name, uid = peer.uid, gid = peer.gid, pid = peer.pid, path = %shown(&path), "peer refused by the app's [access]");
+                return Err(ApiError::forbidden(name));
+            }
+            match action {
+                AppAction::Token { min_ttl } => {
                     let token = app.token(min_ttl).await?;
                     Ok(token_response(broker, &token))
                 }
-                "refresh" => {
-                    only(&method, Method::POST)?;
+                AppAction::Refresh => {
                     let token = app.refresh().await?;
                     Ok(token_response(broker, &token))
                 }
-                "login" => {
-                    only(&method, Method::POST)?;
-                    login(&app, request).await
-                }
-                "credentials" => {
-                    only(&method, Method::GET)?;
+                AppAction::Login => login(&app, request, ctx.body_timeout).await,
+                AppAction::Credentials => {
                     let creds = app.credentials().await?;
                     Ok(json_response(
                         StatusCode::OK,
                         &crate::refresh::credentials::credential_process_json(&creds),
                     ))
                 }
-                _ => Err(ApiError::not_found(&format!(
-                    "/v1/apps/{{app}}/{}",
-                    shown(action)
-                ))),
             }
         }
-        ["metrics"] => Err(ApiError::not_found("/metrics (not built yet)")),
-        _ => Err(ApiError::not_found(&shown(&path))),
     }
+}
+
+/// The app's `[access]` applied to the peer (see [`peer::admits`]).
+async fn may_read(ctx: &Ctx, peer: &Peer, app: &AppHandle) -> bool {
+    let access = app.config.access.as_ref();
+    let groups: &[u32] = if peer::needs_groups(access) {
+        peer.groups().await
+    } else {
+        &[]
+    };
+    peer::admits(access, ctx.daemon_uid, peer.uid, groups)
 }
 
 fn only(method: &Method, allowed: Method) -> Result<(), ApiError> {
@@ -126,27 +234,28 @@ fn parse_min_ttl(query: Option<&str>) -> Result<Duration, ApiError> {
     Ok(min_ttl)
 }
 
-fn list_apps(broker: &Broker) -> Response<Full<Bytes>> {
-    let clock = broker.clock();
+/// The apps this peer may read; the others are left out, not marked.
+async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
+    let clock = ctx.broker.clock();
     let now = clock.now();
-    let apps: Vec<Value> = broker
-        .apps()
-        .iter()
-        .map(|app| {
-            let snap = app.snapshot();
-            json!({
-                "name": app.name(),
-                "grant": app.config.grant.kind(),
-                "state": snap.effective_state(now).as_str(),
-                "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
-                "next_refresh_at": snap.next_refresh_at.map(rfc3339),
-                "last_refresh_at": snap.last_refresh_at.map(rfc3339),
-                "last_error": snap.last_error.as_ref().map(|e| json!({
-                    "code": e.code, "message": e.message, "at": rfc3339(e.at)
-                })),
-            })
-        })
-        .collect();
+    let mut apps: Vec<Value> = Vec::new();
+    for app in ctx.broker.apps() {
+        if !may_read(ctx, peer, &app).await {
+            continue;
+        }
+        let snap = app.snapshot();
+        apps.push(json!({
+            "name": app.name(),
+            "grant": app.config.grant.kind(),
+            "state": snap.effective_state(now).as_str(),
+            "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
+            "next_refresh_at": snap.next_refresh_at.map(rfc3339),
+            "last_refresh_at": snap.last_refresh_at.map(rfc3339),
+            "last_error": snap.last_error.as_ref().map(|e| json!({
+                "code": e.code, "message": e.message, "at": rfc3339(e.at)
+            })),
+        }));
+    }
     json_response(StatusCode::OK, &json!({ "apps": apps }))
 }
 
@@ -179,7 +288,11 @@ struct LoginBody {
     redirect_uri: String,
 }
 
-async fn login<B>(app: &AppHandle, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+async fn login<B>(
+    app: &AppHandle,
+    request: Request<B>,
+    body_timeout: Duration,
+) -> Result<Response<Full<Bytes>>, ApiError>
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -200,9 +313,10 @@ where
             "the login body must be application/json",
         ));
     }
-    let bytes = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
+    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
+    let bytes = tokio::time::timeout(body_timeout, collect)
         .await
+        .map_err(|_| ApiError::body_timeout(body_timeout))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::too_large(MAX_BODY)
