@@ -8,9 +8,11 @@
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `redaction`: planted canary secrets never reach the logs.
+//! - `access`: per-app `[access]` from peer credentials (403, filtered `/v1/apps`).
 
 mod support;
 
+mod access;
 mod cli;
 mod credentials;
 mod grants;
