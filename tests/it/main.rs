@@ -8,6 +8,7 @@
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `redaction`: planted canary secrets never reach the logs.
+//! - `hostile`: garbage, HTTP/0.9, floods, slow and silent clients, connection limits.
 //! - `access`: per-app `[access]` from peer credentials (403, filtered `/v1/apps`).
 
 mod support;
@@ -16,6 +17,7 @@ mod access;
 mod cli;
 mod credentials;
 mod grants;
+mod hostile;
 mod process;
 mod redaction;
 mod refresh;
