@@ -8,6 +8,8 @@
 //! - `cli`: client subcommands, output and exit codes; check-config.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `redaction`: planted canary secrets never reach the logs.
+//! - `faults`: upstream 500s, resets, hangs past the timeout, garbled and absurd answers,
+//!   slow_down, invalid_grant: the end state, the answer, and no hot loop.
 //! - `hostile`: garbage, HTTP/0.9, floods, slow and silent clients, connection limits.
 //! - `access`: per-app `[access]` from peer credentials (403, filtered `/v1/apps`).
 
@@ -16,6 +18,7 @@ mod support;
 mod access;
 mod cli;
 mod credentials;
+mod faults;
 mod grants;
 mod hostile;
 mod process;
