@@ -10,6 +10,7 @@
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
 //! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
+//! - [`harden`]: non-dumpable, no core files, for the commands that hold secrets.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -21,6 +22,7 @@ pub mod cmd;
 pub mod config;
 pub mod dev;
 pub mod grant;
+pub mod harden;
 pub mod logging;
 pub mod pkce;
 pub mod refresh;

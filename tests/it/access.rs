@@ -10,7 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 
-use crate::support::{bin, TestEnv};
+use crate::support::{bin, strip_ansi, TestEnv};
 use nix::unistd::{Gid, Group, Uid, User};
 
 /// The test process's user and primary group names.
@@ -167,24 +167,6 @@ async fn unknown_names_are_config_errors_with_positions() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-}
-
-/// Log lines without terminal colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs the CLI as `nobody` (uid/gid 65534 on Debian-likes, looked up by name) against
