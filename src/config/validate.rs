@@ -1880,3 +1880,183 @@ mod tests {
         assert!(!is_app_name("") && !is_app_name(".a") && !is_app_name("A") && !is_app_name("a b"));
     }
 }
+
+/// Property tests: the loader never panics on any text, and every well-formed config (random
+/// values inside the documented bounds) loads with no diagnostic and the values written.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::config::load;
+    use proptest::prelude::*;
+
+    /// A config tree in a temp dir: `main` as the main file, `app` as `apps.d/a.toml`.
+    fn load_texts(main: &[u8], app: &[u8]) -> Result<Config, crate::config::Diagnostics> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("apps.d")).unwrap();
+        std::fs::write(dir.path().join("iamtokend.toml"), main).unwrap();
+        std::fs::write(dir.path().join("apps.d/a.toml"), app).unwrap();
+        load(&dir.path().join("iamtokend.toml"))
+    }
+
+    /// TOML-ish text: the characters TOML is made of, so the parser gets past the first byte.
+    fn tomlish() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            "[a-z_]{1,12} = \"[ -~]{0,20}\"",
+            "[a-z_]{1,12} = [0-9-]{1,12}",
+            "[a-z_]{1,12} = \\[[\"a-z0-9, ]{0,20}\\]",
+            "\\[{1,2}[a-z_.]{0,12}\\]{1,2}",
+            "[a-z_]{1,12} = [0-9]{1,3}(ms|s|m|h|d|x)?",
+            "[ -~]{0,30}",
+        ];
+        prop::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    /// Keys the app files know, with values of every type.
+    fn app_key_soup() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "client_id",
+            "region",
+            "grant",
+            "scopes",
+            "endpoint_url",
+            "assertion_file",
+            "assertion_command",
+            "refresh_token_file",
+            "subject_app",
+            "requested_token_type",
+            "redirect_uri",
+            "aws.profile",
+            "aws.connect_timeout",
+            "aws.read_timeout",
+            "aws.ca_bundle",
+            "role.arn",
+            "role.duration",
+            "role.session_name",
+            "access.uids",
+            "access.users",
+            "access.groups",
+        ]);
+        let value = prop_oneof![
+            Just("\"jwt-bearer\"".to_string()),
+            Just("\"token-exchange\"".to_string()),
+            Just("\"a\"".to_string()),
+            Just("\"5m\"".to_string()),
+            Just("[\"root\", \"\"]".to_string()),
+            Just("[-1, 0, 4294967296]".to_string()),
+            Just("{ x = 1 }".to_string()),
+            Just("1e400".to_string()),
+            Just("nan".to_string()),
+            "\"[ -~]{0,24}\"",
+            "-?[0-9]{1,20}",
+        ];
+        prop::collection::vec((key, value), 0..10).prop_map(|kvs| {
+            kvs.into_iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    fn duration_text(ms: u64) -> String {
+        if ms.is_multiple_of(3_600_000) {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            format!("{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_never_panic(main in prop::collection::vec(any::<u8>(), 0..200),
+                                 app in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = load_texts(&main, &app);
+        }
+
+        #[test]
+        fn tomlish_text_never_panics(main in tomlish(), app in tomlish()) {
+            let _ = load_texts(main.as_bytes(), app.as_bytes());
+        }
+
+        #[test]
+        fn app_keys_with_odd_values_never_panic(app in app_key_soup()) {
+            // Dotted keys make the tables; every diagnostic has a position in the file.
+            if let Err(diags) = load_texts(b"", app.as_bytes()) {
+                for d in &diags.0 {
+                    prop_assert!(!d.message.is_empty());
+                    prop_assert!(d.line <= app.lines().count() + 1, "{d}");
+                }
+            }
+        }
+
+        /// Random values inside every documented bound: loads, and reads back what was written.
+        #[test]
+        fn valid_configs_load_with_their_values(
+            at in 0.2f64..0.8,
+            jitter in 0.0f64..0.15,
+            min_lead_s in 0u64..7200,
+            max_backoff_s in 1u64..7200,
+            max_concurrent in 1usize..64,
+            mode in 0u32..0o777,
+            json_logs in any::<bool>(),
+            scopes in prop::option::of(prop::collection::vec("[a-z:_]{1,20}", 1..5)),
+            connect_ms in 100u64..300_000,
+            read_s in 1u64..600,
+            role_minutes in 15u64..=720,
+            uids in prop::collection::vec(any::<u32>(), 0..4),
+            grant in 0usize..3,
+        ) {
+            let main = format!(
+                "[server]\nsocket_mode = \"{mode:o}\"\n[refresh]\nat = {at}\njitter = {jitter}\n\
+                 min_lead = \"{}\"\nmax_backoff = \"{}\"\nmax_concurrent = {max_concurrent}\n\
+                 [log]\nformat = \"{}\"\n",
+                duration_text(min_lead_s * 1000),
+                duration_text(max_backoff_s * 1000),
+                if json_logs { "json" } else { "text" },
+            );
+            let scopes_line = scopes
+                .as_ref()
+                .map(|s| format!("scopes = {s:?}\n"))
+                .unwrap_or_default();
+            let grant_lines = match grant {
+                0 => "grant = \"jwt-bearer\"\nassertion_file = \"a.jwt\"\n",
+                1 => "grant = \"refresh-token\"\nrefresh_token_file = \"a.refresh\"\n",
+                _ => "grant = \"authorization-code\"\nredirect_uri = \"http://127.0.0.1:8400/cb\"\n",
+            };
+            let app = format!(
+                "client_id = \"arn:aws:sso::123456789012:application/ssoins-1/apl-2\"\n\
+                 region = \"eu-west-3\"\n{scopes_line}{grant_lines}\
+                 [aws]\nconnect_timeout = \"{}\"\nread_timeout = \"{}\"\n\
+                 [role]\narn = \"arn:aws:iam::123456789012:role/R\"\nduration = \"{}\"\n\
+                 [access]\nuids = {uids:?}\nusers = [\"root\"]\ngroups = [\"root\"]\n",
+                duration_text(connect_ms),
+                duration_text(read_s * 1000),
+                duration_text(role_minutes * 60_000),
+            );
+            let config = match load_texts(main.as_bytes(), app.as_bytes()) {
+                Ok(config) => config,
+                Err(diags) => return Err(TestCaseError::fail(format!("{diags}\n--\n{main}\n--\n{app}"))),
+            };
+            prop_assert_eq!(config.server.socket_mode, mode);
+            prop_assert_eq!(config.refresh.at, at);
+            prop_assert_eq!(config.refresh.jitter, jitter);
+            prop_assert_eq!(config.refresh.min_lead, Duration::from_secs(min_lead_s));
+            prop_assert_eq!(config.refresh.max_backoff, Duration::from_secs(max_backoff_s));
+            prop_assert_eq!(config.refresh.max_concurrent, max_concurrent);
+            let a = &config.apps["a"];
+            prop_assert_eq!(&a.scopes, &scopes);
+            prop_assert_eq!(a.aws.connect_timeout, Duration::from_millis(connect_ms));
+            prop_assert_eq!(a.aws.read_timeout, Duration::from_secs(read_s));
+            prop_assert_eq!(a.role.as_ref().unwrap().duration, Duration::from_secs(role_minutes * 60));
+            let access = a.access.as_ref().unwrap();
+            prop_assert_eq!(&access.uids, &uids);
+            prop_assert_eq!(access.users[0].id, 0);
+            prop_assert_eq!(access.groups[0].id, 0);
+        }
+    }
+}

@@ -396,3 +396,115 @@ mod tests {
         assert!(parse_min_ttl(Some("min_ttl=99999999999999999999")).is_err());
     }
 }
+
+/// Property tests: `resolve` never panics, and answers a known status for any method, path
+/// and query; names that are apps route, others never do.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "v1",
+                "apps",
+                "health",
+                "token",
+                "refresh",
+                "login",
+                "credentials",
+                "metrics",
+                "analytics",
+                "",
+                ".",
+                "..",
+                "%2F",
+                "ana%6Cytics",
+            ])
+            .prop_map(str::to_owned),
+            "[ -~]{0,12}",
+            "\\PC{0,6}",
+        ]
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::POST),
+            Just(Method::PUT),
+            Just(Method::DELETE),
+            Just(Method::HEAD),
+            Just(Method::OPTIONS),
+            "[A-Z]{1,10}".prop_map(|m| Method::from_bytes(m.as_bytes()).unwrap()),
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            "min_ttl=[0-9]{0,25}",
+            "(min_ttl|minttl|x)=[ -~]{0,10}(&[ -~]{0,10})?",
+            "[ -~]{0,30}",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn resolve_never_panics_and_answers_a_known_status(
+            method in method(),
+            segments in prop::collection::vec(segment(), 0..6),
+            leading_slash in any::<bool>(),
+            query in query(),
+        ) {
+            let path = format!("{}{}", if leading_slash { "/" } else { "" }, segments.join("/"));
+            let is_app = |name: &str| name == "analytics";
+            match resolve(&method, &path, query.as_deref(), is_app) {
+                Ok(Route::App { name, action }) => {
+                    prop_assert_eq!(name, "analytics");
+                    if let AppAction::Token { min_ttl } = action {
+                        prop_assert!(min_ttl <= Duration::from_secs(86_400 * 365));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    prop_assert!(
+                        matches!(e.status.as_u16(), 400 | 404 | 405),
+                        "{} {}", e.status, e.code
+                    );
+                    prop_assert!(e.message.chars().count() <= 200, "{}", e.message);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn known_routes() {
+        let app = |n: &str| n == "analytics";
+        let r = |m: Method, p: &'static str, q: Option<&str>| resolve(&m, p, q, app);
+        assert_eq!(r(Method::GET, "/v1/health", None), Ok(Route::Health));
+        assert_eq!(r(Method::GET, "/v1/apps", None), Ok(Route::Apps));
+        assert_eq!(
+            r(Method::GET, "/v1/apps/analytics/token", Some("min_ttl=60")),
+            Ok(Route::App {
+                name: "analytics",
+                action: AppAction::Token {
+                    min_ttl: Duration::from_secs(60)
+                }
+            })
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/apps/ana%6Cytics/token", None)
+                .unwrap_err()
+                .code,
+            "unknown_app"
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/apps/analytics/refresh", None)
+                .unwrap_err()
+                .code,
+            "method_not_allowed"
+        );
+    }
+}

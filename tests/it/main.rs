@@ -11,6 +11,7 @@
 //! - `faults`: upstream 500s, resets, hangs past the timeout, garbled and absurd answers,
 //!   slow_down, invalid_grant: the end state, the answer, and no hot loop.
 //! - `hostile`: garbage, HTTP/0.9, floods, slow and silent clients, connection limits.
+//! - `soak`: concurrent clients while 5-second tokens rotate (reduced here; full: bench/soak.sh).
 //! - `access`: per-app `[access]` from peer credentials (403, filtered `/v1/apps`).
 
 mod support;
@@ -24,5 +25,6 @@ mod hostile;
 mod process;
 mod redaction;
 mod refresh;
+mod soak;
 mod socket_api;
 mod state;
