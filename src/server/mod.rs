@@ -122,6 +122,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once per peer uid. Over: 503 `too_many_connections`.
     pub max_connections_per_uid: usize,
+    /// How long a new connection over a limit waits for a slot before its 503.
+    pub slot_wait: Duration,
     /// Requests per second one connection may sustain...
     pub requests_per_second: f64,
     /// ... after a burst of this many. Over: 429 `rate_limited`, then the connection closes.
@@ -137,6 +139,7 @@ impl Default for Limits {
             max_headers: 32,
             max_connections: 512,
             max_connections_per_uid: 128,
+            slot_wait: Duration::from_secs(1),
             requests_per_second: 50.0,
             request_burst: 200.0,
         }
@@ -184,40 +187,46 @@ pub async fn run_with_limits(
                             continue;
                         }
                     };
-                    let Some(slot) = slots.take(peer.uid) else {
-                        debug!(uid = peer.uid, pid = peer.pid, "too many connections; refusing");
-                        // Never waits: a fresh socket's send buffer takes these few bytes, and
-                        // a peer that does not read must not hold the accept loop.
-                        let _ = stream.try_write(BUSY_ANSWER.as_bytes());
-                        continue;
-                    };
                     let ctx = ctx.clone();
-                    let bucket = Arc::new(std::sync::Mutex::new(Bucket::new(
-                        limits.request_burst,
-                        limits.requests_per_second,
-                        tokio::time::Instant::now(),
-                    )));
-                    let service = service_fn(move |request| {
-                        let (ctx, peer, bucket) = (ctx.clone(), peer.clone(), bucket.clone());
-                        async move {
-                            let allowed = bucket
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .take(tokio::time::Instant::now());
-                            if !allowed {
-                                debug!(uid = peer.uid, pid = peer.pid, "request rate over the limit; closing");
-                                let mut answer = ApiError::rate_limited().into_response();
-                                answer.headers_mut().insert(
-                                    http::header::CONNECTION,
-                                    http::HeaderValue::from_static("close"),
-                                );
-                                return Ok::<_, std::convert::Infallible>(answer);
-                            }
-                            Ok(routes::handle(request, &ctx, &peer).await)
-                        }
-                    });
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let slots = slots.clone();
+                    let burst = limits.request_burst;
+                    let rate = limits.requests_per_second;
+                    let wait = limits.slot_wait;
+                    let http = http.clone();
+                    let watcher = graceful.watcher();
                     tokio::spawn(async move {
+                        let Some(slot) = slots.take(peer.uid, wait).await else {
+                            debug!(uid = peer.uid, pid = peer.pid, "too many connections; refusing");
+                            // Never waits: a fresh socket's send buffer takes these few bytes,
+                            // and a peer that does not read must not hold a task.
+                            let _ = stream.try_write(BUSY_ANSWER.as_bytes());
+                            return;
+                        };
+                        let bucket = Arc::new(std::sync::Mutex::new(Bucket::new(
+                            burst,
+                            rate,
+                            tokio::time::Instant::now(),
+                        )));
+                        let service = service_fn(move |request| {
+                            let (ctx, peer, bucket) = (ctx.clone(), peer.clone(), bucket.clone());
+                            async move {
+                                let allowed = bucket
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .take(tokio::time::Instant::now());
+                                if !allowed {
+                                    debug!(uid = peer.uid, pid = peer.pid, "request rate over the limit; closing");
+                                    let mut answer = ApiError::rate_limited().into_response();
+                                    answer.headers_mut().insert(
+                                        http::header::CONNECTION,
+                                        http::HeaderValue::from_static("close"),
+                                    );
+                                    return Ok::<_, std::convert::Infallible>(answer);
+                                }
+                                Ok(routes::handle(request, &ctx, &peer).await)
+                            }
+                        });
+                        let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
                         if let Err(e) = connection.await {
                             debug!(error = %e, "connection ended with an error");
                         }
@@ -249,19 +258,19 @@ content-length: 98\r\n\
 \r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; try again shortly\"}}";
 
-/// Connection slots: a total and a per-uid count.
+/// Connection slots: a total and a per-uid share, each a semaphore.
 struct Slots {
     total: Arc<Semaphore>,
     per_uid_max: usize,
-    /// std `Mutex`: held for a map update, never across an await.
-    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
+    /// One semaphore per uid seen (bounded by the uids on the host). std `Mutex`: held for
+    /// a map lookup, never across an await.
+    per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
 }
 
-/// One open connection's slot; released on drop.
+/// One open connection's slot; both permits are released on drop.
 struct Slot {
+    _uid: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
-    uid: u32,
-    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
 }
 
 impl Slots {
@@ -269,36 +278,35 @@ impl Slots {
         Slots {
             total: Arc::new(Semaphore::new(total)),
             per_uid_max,
-            per_uid: Arc::new(Mutex::new(HashMap::new())),
+            per_uid: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A slot for a connection of `uid`, or `None` when the total or the uid's share is used up.
-    fn take(&self, uid: u32) -> Option<Slot> {
-        let permit = self.total.clone().try_acquire_owned().ok()?;
-        let mut counts = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(uid).or_insert(0);
-        if *count >= self.per_uid_max {
-            return None;
-        }
-        *count += 1;
-        Some(Slot {
-            _total: permit,
-            uid,
-            per_uid: self.per_uid.clone(),
+    /// A slot for a connection of `uid`, waiting up to `wait` for one to free up; `None`
+    /// when the uid's share or the total stays used up. The uid's share is taken first, so
+    /// a uid over its share never holds total slots while it waits.
+    ///
+    /// The short wait is for churn, not for hostile clients: a connection's slot is freed
+    /// only once its task has seen the peer's close, and under load that lags the peer's
+    /// next connect.
+    async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
+        let share = {
+            let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(uid)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_uid_max)))
+                .clone()
+        };
+        tokio::time::timeout(wait, async {
+            let uid_permit = share.acquire_owned().await.ok()?;
+            let total_permit = self.total.clone().acquire_owned().await.ok()?;
+            Some(Slot {
+                _uid: uid_permit,
+                _total: total_permit,
+            })
         })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.uid) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.uid);
-            }
-        }
+        .await
+        .ok()
+        .flatten()
     }
 }
 
@@ -354,26 +362,43 @@ mod tests {
         assert_eq!(json["error"]["code"], "too_many_connections");
     }
 
-    #[test]
-    fn slots_are_bounded_per_uid_and_in_total() {
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_bounded_per_uid_and_in_total() {
+        let wait = Duration::from_secs(1);
         let slots = Slots::new(3, 2);
-        let a1 = slots.take(1).unwrap();
-        let _a2 = slots.take(1).unwrap();
-        assert!(slots.take(1).is_none(), "uid 1's share is used up");
-        let _b1 = slots.take(2).unwrap();
-        assert!(slots.take(3).is_none(), "the total is used up");
+        let a1 = slots.take(1, wait).await.unwrap();
+        let _a2 = slots.take(1, wait).await.unwrap();
+        assert!(
+            slots.take(1, wait).await.is_none(),
+            "uid 1's share is used up"
+        );
+        let _b1 = slots.take(2, wait).await.unwrap();
+        assert!(slots.take(3, wait).await.is_none(), "the total is used up");
         drop(a1);
         assert!(
-            slots.take(1).is_some(),
+            slots.take(1, wait).await.is_some(),
             "a closed connection frees its slot"
         );
-        // A refused uid-share does not leak a total permit.
+        // A uid over its share does not hold total slots while it waits.
         let slots = Slots::new(10, 1);
-        let _x = slots.take(7).unwrap();
+        let _x = slots.take(7, wait).await.unwrap();
         for _ in 0..20 {
-            assert!(slots.take(7).is_none());
+            assert!(slots.take(7, wait).await.is_none());
         }
         assert_eq!(slots.total.available_permits(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_during_the_wait_is_taken() {
+        let slots = Arc::new(Slots::new(1, 1));
+        let held = slots.take(1, Duration::ZERO).await.unwrap();
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(1, Duration::from_secs(1)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(held);
+        assert!(waiter.await.unwrap());
     }
 
     #[test]
