@@ -21,7 +21,7 @@ use super::{
 };
 use aws_sdk_ssooidc::config::SharedHttpClient;
 
-use crate::config::{AppConfig, AwsConfig};
+use crate::config::{AppConfig, AwsConfig, CaBundle};
 use crate::secret::Secret;
 
 /// Connect timeout of the shared SDK config (the credential chain's own calls); an app's
@@ -42,40 +42,48 @@ pub(crate) fn timeouts(aws: &AwsConfig) -> TimeoutConfig {
         .build()
 }
 
-/// The SDK's default HTTPS client (hyper 1 + rustls with aws-lc, `HTTPS_PROXY`/`NO_PROXY`
-/// from the environment), with `[aws] ca_bundle` added to the system's trust roots; `None`
-/// without a bundle, so the SDK picks its own default client.
+/// An app's own HTTPS client when it has an `[aws] ca_bundle`; `None` otherwise, so the SDK
+/// picks its default client.
+pub(crate) fn http_client(aws: &AwsConfig) -> Option<SharedHttpClient> {
+    aws.ca_bundle
+        .as_ref()
+        .map(|bundle| https_client(Some(bundle)))
+}
+
+/// The SDK's default HTTPS client (hyper 1 + rustls with aws-lc, `HTTPS_PROXY`/`HTTP_PROXY`/
+/// `NO_PROXY` from the environment), with `bundle`'s certificates added to the system's
+/// trust roots.
 ///
 /// Built the way aws-smithy-runtime builds its default (`default_https_client`), through
 /// `Builder::build_with_connector_fn`, which caches one connector per timeout setting. The
-/// simpler `Builder::tls_context(..).build_https()` would silently drop the proxy settings.
-pub(crate) fn http_client(aws: &AwsConfig) -> Option<SharedHttpClient> {
+/// simpler `Builder::tls_provider(..).build_https()` leaves the proxy settings out, so a
+/// client built that way silently ignores `HTTPS_PROXY`.
+pub(crate) fn https_client(bundle: Option<&CaBundle>) -> SharedHttpClient {
     use aws_smithy_http_client::{proxy::ProxyConfig, tls, Builder, ConnectorBuilder};
-    let bundle = aws.ca_bundle.as_ref()?;
-    // The bundle was parsed and checked at config load: the TLS stack panics on a bad one.
-    let trust = tls::TrustStore::default().with_pem_certificate(bundle.pem.clone());
-    let context = match tls::TlsContext::builder().with_trust_store(trust).build() {
-        Ok(context) => context,
-        Err(e) => {
-            tracing::error!(bundle = %bundle.path.display(), error = %e, "cannot use the CA bundle; using the system's roots only");
-            return None;
+    let mut trust = tls::TrustStore::default();
+    if let Some(bundle) = bundle {
+        // Parsed and checked at config load: the TLS stack panics on a bad certificate.
+        trust = trust.with_pem_certificate(bundle.pem.clone());
+    }
+    // `build` cannot fail today (it only stores the trust store); if it ever does, the
+    // system's roots alone are the safe fallback, and the handshake will say why.
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .unwrap_or_default();
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector = ConnectorBuilder::default()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context.clone());
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
         }
-    };
-    Some(
-        Builder::new().build_with_connector_fn(move |settings, components| {
-            let mut connector = ConnectorBuilder::default()
-                .tls_provider(tls::Provider::Rustls(
-                    tls::rustls_provider::CryptoMode::AwsLc,
-                ))
-                .tls_context(context.clone());
-            connector.set_connector_settings(settings.cloned());
-            if let Some(components) = components {
-                connector.set_sleep_impl(components.sleep_impl());
-            }
-            connector.set_proxy_config(Some(ProxyConfig::from_env()));
-            connector.build()
-        }),
-    )
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// Builds SDK clients for apps, loading each `[aws] profile`'s credential chain once.
