@@ -76,7 +76,10 @@ impl SocketClient {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        tokio::spawn(async move {
+        // Driven alongside the request, and awaited once the answer is read, so the socket is
+        // closed when `request` returns: a busy caller never holds idle connections (the
+        // daemon counts open connections per uid).
+        let connection = tokio::spawn(async move {
             let _ = connection.await;
         });
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
@@ -98,6 +101,8 @@ impl SocketClient {
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .to_bytes();
+        drop(sender);
+        let _ = connection.await;
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| ClientError::Protocol(format!("answer is not JSON ({e})")))?;
         Ok(Answer { status, body })

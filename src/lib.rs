@@ -14,6 +14,7 @@
 //! - [`notify`]: systemd notifications and the watchdog; [`server::activation`]: socket
 //!   activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
+//! - [`harden`]: non-dumpable, no core files, for the commands that hold secrets.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
 #![warn(missing_docs, unreachable_pub)]
 
@@ -25,6 +26,7 @@ pub mod cmd;
 pub mod config;
 pub mod dev;
 pub mod grant;
+pub mod harden;
 pub mod logging;
 pub mod login;
 pub mod metrics;

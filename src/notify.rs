@@ -586,7 +586,12 @@ mod tests {
         });
         let shared = Shared {
             clock: crate::clock::Clock::system(),
-            policy: crate::refresh::policy::LivePolicy::default(),
+            policy: crate::refresh::policy::LivePolicy::new(crate::refresh::policy::Policy {
+                at: 0.5,
+                jitter: 0.0,
+                min_lead: Duration::from_secs(300),
+                max_backoff: Duration::from_secs(300),
+            }),
             permits: Arc::new(tokio::sync::Semaphore::new(8)),
             store: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),

@@ -56,6 +56,11 @@ impl From<ClientError> for Failure {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
+    if holds_secrets(&cli.command) {
+        let hardened = crate::harden::harden();
+        // Logging is not set up yet for every command; serve logs it again once it is.
+        HARDENED.get_or_init(|| hardened);
+    }
     let env = Env::from_process();
     let config_file = paths::config_file(cli.config.as_deref(), &env);
     match cli.command {
@@ -89,6 +94,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// What [`crate::harden::harden`] achieved at start, for `serve` to log once logging is up.
+pub static HARDENED: std::sync::OnceLock<crate::harden::Hardened> = std::sync::OnceLock::new();
+
+/// The commands that hold tokens, refresh tokens, assertions, codes or keys in memory.
+fn holds_secrets(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Serve { .. }
+            | Command::Fetch { .. }
+            | Command::Token { .. }
+            | Command::CredentialProcess { .. }
+            | Command::Login { .. }
+    )
 }
 
 /// Where a client finds the daemon without `--socket`: the config's `[server] socket` if the

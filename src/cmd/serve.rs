@@ -22,6 +22,13 @@ pub async fn run(file: &Path) -> Result<(), Failure> {
         ))
     })?;
     crate::logging::init(config.log.format, &config.log.level);
+    if let Some(h) = super::HARDENED.get() {
+        info!(
+            dumpable = h.dumpable,
+            core_limit_zero = h.core_limit_zero,
+            "process hardening"
+        );
+    }
     serve(config, Upstreams::from_environment(), |_| {}).await
 }
 

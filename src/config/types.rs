@@ -166,11 +166,59 @@ impl RequestedTokenType {
     }
 }
 
-/// `[aws]`: the IAM identity that signs this app's calls.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `[aws]`: the IAM identity that signs this app's calls, and how its calls reach AWS.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AwsConfig {
     /// Named profile; `None` = the SDK's default credential chain.
     pub profile: Option<String>,
+    /// `connect_timeout`: TCP + TLS connect of one upstream call. Default 5s; 100ms ..= 5m.
+    pub connect_timeout: Duration,
+    /// `read_timeout`: from a request sent to its answer read. Default 30s; 1s ..= 10m.
+    /// One attempt is bounded by `connect_timeout + read_timeout` as a whole.
+    pub read_timeout: Duration,
+    /// `ca_bundle`: extra trust roots (TLS-intercepting networks), read and checked at load.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// `[aws] connect_timeout` default: what the SDK clients used before it was configurable.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[aws] read_timeout` default: long enough for a slow region, short enough that a hung
+/// connection does not hold an app (and a `max_concurrent` slot) for minutes.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for AwsConfig {
+    fn default() -> AwsConfig {
+        AwsConfig {
+            profile: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            ca_bundle: None,
+        }
+    }
+}
+
+/// A PEM bundle of extra trust roots, added to the system's roots.
+///
+/// The file is read once, when the config is loaded (so `check-config` reports a missing or
+/// broken bundle, and a reload picks up a replaced one); the bytes are kept, so the
+/// upstream clients never read a file that changed after it was checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    /// `ca_bundle` as resolved (relative to the app file's directory).
+    pub path: PathBuf,
+    /// The file's contents: one or more PEM certificates, each known to parse.
+    pub pem: Vec<u8>,
+    /// How many certificates it holds (at least one).
+    pub certificates: usize,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[role]`: identity-enhanced AWS credentials.
@@ -186,13 +234,23 @@ pub struct RoleConfig {
     pub endpoint_url: Option<String>,
 }
 
-/// `[access]`: who may read this app over the socket.
+/// `[access]`: who may read this app over the socket. When present it is the whole list
+/// (root included only if listed); see `server::peer` for the check.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AccessConfig {
     /// Numeric uids.
     pub uids: Vec<u32>,
-    /// User names.
-    pub users: Vec<String>,
-    /// Group names (primary or supplementary).
-    pub groups: Vec<String>,
+    /// User names, resolved to uids when the config was loaded.
+    pub users: Vec<Principal>,
+    /// Group names (a peer's primary or supplementary group), resolved to gids at load.
+    pub groups: Vec<Principal>,
+}
+
+/// A user or group name as written, and the id it resolved to at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The name as written in the config.
+    pub name: String,
+    /// The uid or gid it named when the config was loaded.
+    pub id: u32,
 }

@@ -69,6 +69,13 @@ const ROLE_DURATION_MIN: Duration = Duration::from_secs(15 * 60);
 const ROLE_DURATION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// `[role] duration` default: STS's own default session length.
 const ROLE_DURATION_DEFAULT: Duration = Duration::from_secs(3600);
+/// `[aws] connect_timeout` bounds: under 100ms fails on any real network; over 5m a dead
+/// endpoint holds an app (and a `max_concurrent` slot) for too long.
+const CONNECT_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(5 * 60);
+/// `[aws] read_timeout` bounds, same reasoning.
+const READ_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const READ_TIMEOUT_MAX: Duration = Duration::from_secs(10 * 60);
 /// `[refresh] max_backoff` floor: below a second the "backoff" would hammer the service.
 const MAX_BACKOFF_MIN: Duration = Duration::from_secs(1);
 
@@ -939,11 +946,10 @@ fn check_app(
         }
     });
 
-    let mut aws = AwsConfig::default();
-    if let Some(sec) = root.table(cx, "aws") {
-        sec.unknown_keys(cx, &["profile"]);
-        aws.profile = sec.non_empty(cx, "profile").map(|(s, _)| s.to_string());
-    }
+    let aws = match root.table(cx, "aws") {
+        Some(sec) => check_aws(cx, &sec, app_dir),
+        None => AwsConfig::default(),
+    };
     let role = root
         .table(cx, "role")
         .and_then(|sec| check_role(cx, &sec, name));
@@ -1061,6 +1067,70 @@ fn check_role(cx: &mut FileCx<'_>, sec: &Section<'_, '_>, app_name: &str) -> Opt
     })
 }
 
+fn check_aws(cx: &mut FileCx<'_>, sec: &Section<'_, '_>, app_dir: &Path) -> AwsConfig {
+    sec.unknown_keys(
+        cx,
+        &["profile", "connect_timeout", "read_timeout", "ca_bundle"],
+    );
+    let mut aws = AwsConfig {
+        profile: sec.non_empty(cx, "profile").map(|(s, _)| s.to_string()),
+        ..AwsConfig::default()
+    };
+    if let Some((d, span)) = sec.duration(cx, "connect_timeout") {
+        if (CONNECT_TIMEOUT_MIN..=CONNECT_TIMEOUT_MAX).contains(&d) {
+            aws.connect_timeout = d;
+        } else {
+            cx.at(&span, "`connect_timeout` must be between 100ms and 5m");
+        }
+    }
+    if let Some((d, span)) = sec.duration(cx, "read_timeout") {
+        if (READ_TIMEOUT_MIN..=READ_TIMEOUT_MAX).contains(&d) {
+            aws.read_timeout = d;
+        } else {
+            cx.at(&span, "`read_timeout` must be between 1s and 10m");
+        }
+    }
+    if let Some((path, span)) = sec.path(cx, "ca_bundle", app_dir) {
+        match read_ca_bundle(&path) {
+            Ok(bundle) => aws.ca_bundle = Some(bundle),
+            Err(message) => cx.at(&span, format!("`ca_bundle`: {message}")),
+        }
+    }
+    aws
+}
+
+/// Reads a PEM bundle and checks every certificate in it the way the TLS stack will take
+/// it as a trust root (the SDK's client panics on one it cannot parse, so none may reach it).
+fn read_ca_bundle(path: &Path) -> Result<CaBundle, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "certificate {} of {} cannot be used as a trust root: {e}",
+                i + 1,
+                path.display()
+            )
+        })?;
+    }
+    Ok(CaBundle {
+        path: path.to_path_buf(),
+        certificates: roots.len(),
+        pem,
+    })
+}
+
 fn check_access(cx: &mut FileCx<'_>, sec: &Section<'_, '_>) -> AccessConfig {
     sec.unknown_keys(cx, &["uids", "users", "groups"]);
     let mut access = AccessConfig::default();
@@ -1075,9 +1145,62 @@ fn check_access(cx: &mut FileCx<'_>, sec: &Section<'_, '_>) -> AccessConfig {
             }
         }
     }
-    access.users = sec.strings(cx, "users").unwrap_or_default();
-    access.groups = sec.strings(cx, "groups").unwrap_or_default();
+    access.users = principals(cx, sec, "users", "user", lookup_user);
+    access.groups = principals(cx, sec, "groups", "group", lookup_group);
     access
+}
+
+/// `users` / `groups`: each name resolved now, so a typo is a config error at its element
+/// rather than a silent "nobody matches" at request time.
+fn principals(
+    cx: &mut FileCx<'_>,
+    sec: &Section<'_, '_>,
+    key: &str,
+    what: &str,
+    lookup: fn(&str) -> Result<Option<u32>, String>,
+) -> Vec<Principal> {
+    let Some(array) = sec.array(cx, key, "strings") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in array {
+        let Some(name) = item.get_ref().as_str().filter(|s| !s.is_empty()) else {
+            cx.at(
+                &item.span(),
+                format!("`{key}` must contain only non-empty strings"),
+            );
+            continue;
+        };
+        match lookup(name) {
+            Ok(Some(id)) => out.push(Principal {
+                name: name.to_string(),
+                id,
+            }),
+            Ok(None) => cx.at(
+                &item.span(),
+                format!("{what} `{}` does not exist", name.escape_debug()),
+            ),
+            Err(e) => cx.at(
+                &item.span(),
+                format!("cannot look up {what} `{}`: {e}", name.escape_debug()),
+            ),
+        }
+    }
+    out
+}
+
+/// getpwnam_r through nix: the system's user database (NSS), as `id NAME` sees it.
+fn lookup_user(name: &str) -> Result<Option<u32>, String> {
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(|e| e.desc().to_string())
+}
+
+/// getgrnam_r through nix.
+fn lookup_group(name: &str) -> Result<Option<u32>, String> {
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid.as_raw()))
+        .map_err(|e| e.desc().to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1460,6 +1583,13 @@ mod tests {
             }
         );
         assert_eq!(a.aws.profile.as_deref(), Some("broker"));
+        assert_eq!(a.aws.connect_timeout, Duration::from_secs(2));
+        assert_eq!(a.aws.read_timeout, Duration::from_secs(90));
+        let bundle = a.aws.ca_bundle.as_ref().unwrap();
+        assert_eq!(bundle.path, apps.join("intercept-ca.pem"));
+        assert_eq!(bundle.certificates, 1);
+        assert!(bundle.pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert_eq!(config.apps["b"].aws, AwsConfig::default());
         let role = a.role.as_ref().unwrap();
         assert_eq!(role.session_name, "iamtokend-a-1");
         assert_eq!(role.duration, Duration::from_secs(12 * 3600));
@@ -1467,8 +1597,14 @@ mod tests {
             a.access,
             Some(AccessConfig {
                 uids: vec![0, 1000],
-                users: vec!["alice".to_string()],
-                groups: vec!["wheel".to_string()],
+                users: vec![Principal {
+                    name: "root".to_string(),
+                    id: 0
+                }],
+                groups: vec![Principal {
+                    name: "root".to_string(),
+                    id: 0
+                }],
             })
         );
         assert_eq!(
@@ -1742,5 +1878,185 @@ mod tests {
         }
         assert!(is_app_name("a") && is_app_name("0a.b_c-d"));
         assert!(!is_app_name("") && !is_app_name(".a") && !is_app_name("A") && !is_app_name("a b"));
+    }
+}
+
+/// Property tests: the loader never panics on any text, and every well-formed config (random
+/// values inside the documented bounds) loads with no diagnostic and the values written.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::config::load;
+    use proptest::prelude::*;
+
+    /// A config tree in a temp dir: `main` as the main file, `app` as `apps.d/a.toml`.
+    fn load_texts(main: &[u8], app: &[u8]) -> Result<Config, crate::config::Diagnostics> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("apps.d")).unwrap();
+        std::fs::write(dir.path().join("iamtokend.toml"), main).unwrap();
+        std::fs::write(dir.path().join("apps.d/a.toml"), app).unwrap();
+        load(&dir.path().join("iamtokend.toml"))
+    }
+
+    /// TOML-ish text: the characters TOML is made of, so the parser gets past the first byte.
+    fn tomlish() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            "[a-z_]{1,12} = \"[ -~]{0,20}\"",
+            "[a-z_]{1,12} = [0-9-]{1,12}",
+            "[a-z_]{1,12} = \\[[\"a-z0-9, ]{0,20}\\]",
+            "\\[{1,2}[a-z_.]{0,12}\\]{1,2}",
+            "[a-z_]{1,12} = [0-9]{1,3}(ms|s|m|h|d|x)?",
+            "[ -~]{0,30}",
+        ];
+        prop::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    /// Keys the app files know, with values of every type.
+    fn app_key_soup() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "client_id",
+            "region",
+            "grant",
+            "scopes",
+            "endpoint_url",
+            "assertion_file",
+            "assertion_command",
+            "refresh_token_file",
+            "subject_app",
+            "requested_token_type",
+            "redirect_uri",
+            "aws.profile",
+            "aws.connect_timeout",
+            "aws.read_timeout",
+            "aws.ca_bundle",
+            "role.arn",
+            "role.duration",
+            "role.session_name",
+            "access.uids",
+            "access.users",
+            "access.groups",
+        ]);
+        let value = prop_oneof![
+            Just("\"jwt-bearer\"".to_string()),
+            Just("\"token-exchange\"".to_string()),
+            Just("\"a\"".to_string()),
+            Just("\"5m\"".to_string()),
+            Just("[\"root\", \"\"]".to_string()),
+            Just("[-1, 0, 4294967296]".to_string()),
+            Just("{ x = 1 }".to_string()),
+            Just("1e400".to_string()),
+            Just("nan".to_string()),
+            "\"[ -~]{0,24}\"",
+            "-?[0-9]{1,20}",
+        ];
+        prop::collection::vec((key, value), 0..10).prop_map(|kvs| {
+            kvs.into_iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    fn duration_text(ms: u64) -> String {
+        if ms.is_multiple_of(3_600_000) {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            format!("{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_never_panic(main in prop::collection::vec(any::<u8>(), 0..200),
+                                 app in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = load_texts(&main, &app);
+        }
+
+        #[test]
+        fn tomlish_text_never_panics(main in tomlish(), app in tomlish()) {
+            let _ = load_texts(main.as_bytes(), app.as_bytes());
+        }
+
+        #[test]
+        fn app_keys_with_odd_values_never_panic(app in app_key_soup()) {
+            // Dotted keys make the tables; every diagnostic has a position in the file.
+            if let Err(diags) = load_texts(b"", app.as_bytes()) {
+                for d in &diags.0 {
+                    prop_assert!(!d.message.is_empty());
+                    prop_assert!(d.line <= app.lines().count() + 1, "{d}");
+                }
+            }
+        }
+
+        /// Random values inside every documented bound: loads, and reads back what was written.
+        #[test]
+        fn valid_configs_load_with_their_values(
+            at in 0.2f64..0.8,
+            jitter in 0.0f64..0.15,
+            min_lead_s in 0u64..7200,
+            max_backoff_s in 1u64..7200,
+            max_concurrent in 1usize..64,
+            mode in 0u32..0o777,
+            json_logs in any::<bool>(),
+            scopes in prop::option::of(prop::collection::vec("[a-z:_]{1,20}", 1..5)),
+            connect_ms in 100u64..300_000,
+            read_s in 1u64..600,
+            role_minutes in 15u64..=720,
+            uids in prop::collection::vec(any::<u32>(), 0..4),
+            grant in 0usize..3,
+        ) {
+            let main = format!(
+                "[server]\nsocket_mode = \"{mode:o}\"\n[refresh]\nat = {at}\njitter = {jitter}\n\
+                 min_lead = \"{}\"\nmax_backoff = \"{}\"\nmax_concurrent = {max_concurrent}\n\
+                 [log]\nformat = \"{}\"\n",
+                duration_text(min_lead_s * 1000),
+                duration_text(max_backoff_s * 1000),
+                if json_logs { "json" } else { "text" },
+            );
+            let scopes_line = scopes
+                .as_ref()
+                .map(|s| format!("scopes = {s:?}\n"))
+                .unwrap_or_default();
+            let grant_lines = match grant {
+                0 => "grant = \"jwt-bearer\"\nassertion_file = \"a.jwt\"\n",
+                1 => "grant = \"refresh-token\"\nrefresh_token_file = \"a.refresh\"\n",
+                _ => "grant = \"authorization-code\"\nredirect_uri = \"http://127.0.0.1:8400/cb\"\n",
+            };
+            let app = format!(
+                "client_id = \"arn:aws:sso::123456789012:application/ssoins-1/apl-2\"\n\
+                 region = \"eu-west-3\"\n{scopes_line}{grant_lines}\
+                 [aws]\nconnect_timeout = \"{}\"\nread_timeout = \"{}\"\n\
+                 [role]\narn = \"arn:aws:iam::123456789012:role/R\"\nduration = \"{}\"\n\
+                 [access]\nuids = {uids:?}\nusers = [\"root\"]\ngroups = [\"root\"]\n",
+                duration_text(connect_ms),
+                duration_text(read_s * 1000),
+                duration_text(role_minutes * 60_000),
+            );
+            let config = match load_texts(main.as_bytes(), app.as_bytes()) {
+                Ok(config) => config,
+                Err(diags) => return Err(TestCaseError::fail(format!("{diags}\n--\n{main}\n--\n{app}"))),
+            };
+            prop_assert_eq!(config.server.socket_mode, mode);
+            prop_assert_eq!(config.refresh.at, at);
+            prop_assert_eq!(config.refresh.jitter, jitter);
+            prop_assert_eq!(config.refresh.min_lead, Duration::from_secs(min_lead_s));
+            prop_assert_eq!(config.refresh.max_backoff, Duration::from_secs(max_backoff_s));
+            prop_assert_eq!(config.refresh.max_concurrent, max_concurrent);
+            let a = &config.apps["a"];
+            prop_assert_eq!(&a.scopes, &scopes);
+            prop_assert_eq!(a.aws.connect_timeout, Duration::from_millis(connect_ms));
+            prop_assert_eq!(a.aws.read_timeout, Duration::from_secs(read_s));
+            prop_assert_eq!(a.role.as_ref().unwrap().duration, Duration::from_secs(role_minutes * 60));
+            let access = a.access.as_ref().unwrap();
+            prop_assert_eq!(&access.uids, &uids);
+            prop_assert_eq!(access.users[0].id, 0);
+            prop_assert_eq!(access.groups[0].id, 0);
+        }
     }
 }

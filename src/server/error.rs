@@ -32,6 +32,38 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 403 `forbidden`: the app's `[access]` does not admit the peer.
+    pub fn forbidden(app: &str) -> ApiError {
+        let shown: String = app.chars().take(64).collect();
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this peer may not read app {shown:?} (see its [access])"),
+        )
+    }
+
+    /// 408 `request_timeout`: the body did not arrive in time (not in the contract's list).
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}s",
+                limit.as_secs()
+            ),
+        )
+    }
+
+    /// 429 `rate_limited`: this connection sent requests faster than allowed (not in the
+    /// contract's list); the connection is closed after this answer.
+    pub fn rate_limited() -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests on this connection; reconnect and slow down",
+        )
+    }
+
     /// 404 `unknown_app`.
     pub fn unknown_app(name: &str) -> ApiError {
         let shown: String = name.chars().take(64).collect();

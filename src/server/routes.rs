@@ -10,7 +10,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use tracing::warn;
+
 use super::error::ApiError;
+use super::peer::{self, Peer};
 use crate::broker::Broker;
 use crate::clock::rfc3339;
 use crate::config::Grant;
@@ -20,49 +23,160 @@ use crate::secret::Secret;
 /// Largest request body taken (the login body is a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Routes one request.
-pub async fn handle<B>(request: Request<B>, broker: Arc<Broker>) -> Response<Full<Bytes>>
+/// What a request asks for, once its method, path and query are understood. Built by
+/// [`resolve`], which is pure, so routing can be tested (and fuzzed) without a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /v1/health`.
+    Health,
+    /// `GET /v1/apps`.
+    Apps,
+    /// `GET /metrics`.
+    Metrics,
+    /// `/v1/apps/{app}/{action}` for an app that exists.
+    App {
+        /// The app's name, as it appeared in the path (it matched a configured app).
+        name: &'a str,
+        /// What to do with it.
+        action: AppAction,
+    },
+}
+
+/// The per-app routes of CONTRACT §5.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppAction {
+    /// `GET .../token[?min_ttl=SECS]`.
+    Token {
+        /// Refresh first if the cached token has less than this left.
+        min_ttl: Duration,
+    },
+    /// `POST .../refresh`.
+    Refresh,
+    /// `POST .../login`.
+    Login,
+    /// `GET .../credentials`.
+    Credentials,
+}
+
+/// Per-server state the handlers need besides the request.
+pub struct Ctx {
+    /// The running apps.
+    pub broker: Arc<Broker>,
+    /// The daemon's effective uid: with root, the readers of an app without `[access]`.
+    pub daemon_uid: u32,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+/// Routes one request from `peer`.
+pub async fn handle<B>(request: Request<B>, ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let template = crate::metrics::route_template(request.uri().path());
-    let response = match route(request, &broker).await {
+    let response = match route(request, ctx, peer).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
-    broker
+    ctx.broker
         .metrics()
         .request(template, response.status().as_u16());
     response
 }
 
-async fn route<B>(request: Request<B>, broker: &Broker) -> Result<Response<Full<Bytes>>, ApiError>
+/// Method, path and query -> [`Route`]. `is_app` says whether a name is a configured app.
+/// Paths are taken as sent: no percent-decoding (an app name never needs encoding, so
+/// `/v1/apps/ana%6Cytics/token` names no app and answers 404 `unknown_app`).
+///
+/// # Errors
+/// 404 `unknown_app` / `not_found`, 405 `method_not_allowed`, 400 `bad_request` (query).
+pub fn resolve<'a>(
+    method: &Method,
+    path: &'a str,
+    query: Option<&str>,
+    is_app: impl Fn(&str) -> bool,
+) -> Result<Route<'a>, ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "health"] => {
+            only(method, Method::GET)?;
+            Ok(Route::Health)
+        }
+        ["v1", "apps"] => {
+            only(method, Method::GET)?;
+            Ok(Route::Apps)
+        }
+        ["v1", "apps", name, action] => {
+            if !is_app(name) {
+                return Err(ApiError::unknown_app(name));
+            }
+            let action = match *action {
+                "token" => {
+                    only(method, Method::GET)?;
+                    AppAction::Token {
+                        min_ttl: parse_min_ttl(query)?,
+                    }
+                }
+                "refresh" => {
+                    only(method, Method::POST)?;
+                    AppAction::Refresh
+                }
+                "login" => {
+                    only(method, Method::POST)?;
+                    AppAction::Login
+                }
+                "credentials" => {
+                    only(method, Method::GET)?;
+                    AppAction::Credentials
+                }
+                _ => {
+                    return Err(ApiError::not_found(&format!(
+                        "/v1/apps/{{app}}/{}",
+                        shown(action)
+                    )))
+                }
+            };
+            Ok(Route::App { name, action })
+        }
+        ["metrics"] => {
+            only(method, Method::GET)?;
+            Ok(Route::Metrics)
+        }
+        _ => Err(ApiError::not_found(&shown(path))),
+    }
+}
+
+async fn route<B>(
+    request: Request<B>,
+    ctx: &Ctx,
+    peer: &Peer,
+) -> Result<Response<Full<Bytes>>, ApiError>
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let broker = &ctx.broker;
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
     let method = request.method().clone();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "health"] => {
-            only(&method, Method::GET)?;
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
-        }
-        ["v1", "apps"] => {
-            only(&method, Method::GET)?;
-            Ok(list_apps(broker))
-        }
-        ["v1", "apps", name, action] => {
+    match resolve(&method, &path, query.as_deref(), |name| {
+        broker.app(name).is_some()
+    })? {
+        Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Apps => Ok(list_apps(ctx, peer).await),
+        Route::Metrics => Ok(metrics_response(broker)),
+        Route::App { name, action } => {
+            // Gone between `resolve` and here only through a reload: the same 404.
             let app = broker
                 .app(name)
                 .ok_or_else(|| ApiError::unknown_app(name))?;
-            match *action {
-                "token" => {
-                    only(&method, Method::GET)?;
-                    let min_ttl = parse_min_ttl(query.as_deref())?;
+            if !may_read(ctx, peer, &app).await {
+                warn!(app = name, uid = peer.uid, gid = peer.gid, pid = peer.pid, path = %shown(&path), "peer refused by the app's [access]");
+                return Err(ApiError::forbidden(name));
+            }
+            match action {
+                AppAction::Token { min_ttl } => {
                     let token = app.token(min_ttl).await?;
                     if app.snapshot().last_error.is_some() {
                         // The last attempt failed: this is the last good token.
@@ -70,35 +184,32 @@ where
                     }
                     Ok(token_response(broker, &token))
                 }
-                "refresh" => {
-                    only(&method, Method::POST)?;
+                AppAction::Refresh => {
                     let token = app.refresh().await?;
                     Ok(token_response(broker, &token))
                 }
-                "login" => {
-                    only(&method, Method::POST)?;
-                    login(&app, request).await
-                }
-                "credentials" => {
-                    only(&method, Method::GET)?;
+                AppAction::Login => login(&app, request, ctx.body_timeout).await,
+                AppAction::Credentials => {
                     let creds = app.credentials().await?;
                     Ok(json_response(
                         StatusCode::OK,
                         &crate::refresh::credentials::credential_process_json(&creds),
                     ))
                 }
-                _ => Err(ApiError::not_found(&format!(
-                    "/v1/apps/{{app}}/{}",
-                    shown(action)
-                ))),
             }
         }
-        ["metrics"] => {
-            only(&method, Method::GET)?;
-            Ok(metrics_response(broker))
-        }
-        _ => Err(ApiError::not_found(&shown(&path))),
     }
+}
+
+/// The app's `[access]` applied to the peer (see [`peer::admits`]).
+async fn may_read(ctx: &Ctx, peer: &Peer, app: &AppHandle) -> bool {
+    let access = app.config.access.as_ref();
+    let groups: &[u32] = if peer::needs_groups(access) {
+        peer.groups().await
+    } else {
+        &[]
+    };
+    peer::admits(access, ctx.daemon_uid, peer.uid, groups)
 }
 
 fn only(method: &Method, allowed: Method) -> Result<(), ApiError> {
@@ -138,27 +249,28 @@ fn parse_min_ttl(query: Option<&str>) -> Result<Duration, ApiError> {
     Ok(min_ttl)
 }
 
-fn list_apps(broker: &Broker) -> Response<Full<Bytes>> {
-    let clock = broker.clock();
+/// The apps this peer may read; the others are left out, not marked.
+async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
+    let clock = ctx.broker.clock();
     let now = clock.now();
-    let apps: Vec<Value> = broker
-        .apps()
-        .iter()
-        .map(|app| {
-            let snap = app.snapshot();
-            json!({
-                "name": app.name(),
-                "grant": app.config.grant.kind(),
-                "state": snap.effective_state(now).as_str(),
-                "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
-                "next_refresh_at": snap.next_refresh_at.map(rfc3339),
-                "last_refresh_at": snap.last_refresh_at.map(rfc3339),
-                "last_error": snap.last_error.as_ref().map(|e| json!({
-                    "code": e.code, "message": e.message, "at": rfc3339(e.at)
-                })),
-            })
-        })
-        .collect();
+    let mut apps: Vec<Value> = Vec::new();
+    for app in ctx.broker.apps() {
+        if !may_read(ctx, peer, &app).await {
+            continue;
+        }
+        let snap = app.snapshot();
+        apps.push(json!({
+            "name": app.name(),
+            "grant": app.config.grant.kind(),
+            "state": snap.effective_state(now).as_str(),
+            "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
+            "next_refresh_at": snap.next_refresh_at.map(rfc3339),
+            "last_refresh_at": snap.last_refresh_at.map(rfc3339),
+            "last_error": snap.last_error.as_ref().map(|e| json!({
+                "code": e.code, "message": e.message, "at": rfc3339(e.at)
+            })),
+        }));
+    }
     json_response(StatusCode::OK, &json!({ "apps": apps }))
 }
 
@@ -234,7 +346,11 @@ struct LoginBody {
     redirect_uri: String,
 }
 
-async fn login<B>(app: &AppHandle, request: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+async fn login<B>(
+    app: &AppHandle,
+    request: Request<B>,
+    body_timeout: Duration,
+) -> Result<Response<Full<Bytes>>, ApiError>
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -255,9 +371,10 @@ where
             "the login body must be application/json",
         ));
     }
-    let bytes = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
+    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
+    let bytes = tokio::time::timeout(body_timeout, collect)
         .await
+        .map_err(|_| ApiError::body_timeout(body_timeout))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::too_large(MAX_BODY)
@@ -335,5 +452,117 @@ mod tests {
         assert!(parse_min_ttl(Some("min_ttl=abc")).is_err());
         assert!(parse_min_ttl(Some("minttl=5")).is_err());
         assert!(parse_min_ttl(Some("min_ttl=99999999999999999999")).is_err());
+    }
+}
+
+/// Property tests: `resolve` never panics, and answers a known status for any method, path
+/// and query; names that are apps route, others never do.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "v1",
+                "apps",
+                "health",
+                "token",
+                "refresh",
+                "login",
+                "credentials",
+                "metrics",
+                "analytics",
+                "",
+                ".",
+                "..",
+                "%2F",
+                "ana%6Cytics",
+            ])
+            .prop_map(str::to_owned),
+            "[ -~]{0,12}",
+            "\\PC{0,6}",
+        ]
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::POST),
+            Just(Method::PUT),
+            Just(Method::DELETE),
+            Just(Method::HEAD),
+            Just(Method::OPTIONS),
+            "[A-Z]{1,10}".prop_map(|m| Method::from_bytes(m.as_bytes()).unwrap()),
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            "min_ttl=[0-9]{0,25}",
+            "(min_ttl|minttl|x)=[ -~]{0,10}(&[ -~]{0,10})?",
+            "[ -~]{0,30}",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn resolve_never_panics_and_answers_a_known_status(
+            method in method(),
+            segments in prop::collection::vec(segment(), 0..6),
+            leading_slash in any::<bool>(),
+            query in query(),
+        ) {
+            let path = format!("{}{}", if leading_slash { "/" } else { "" }, segments.join("/"));
+            let is_app = |name: &str| name == "analytics";
+            match resolve(&method, &path, query.as_deref(), is_app) {
+                Ok(Route::App { name, action }) => {
+                    prop_assert_eq!(name, "analytics");
+                    if let AppAction::Token { min_ttl } = action {
+                        prop_assert!(min_ttl <= Duration::from_secs(86_400 * 365));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    prop_assert!(
+                        matches!(e.status.as_u16(), 400 | 404 | 405),
+                        "{} {}", e.status, e.code
+                    );
+                    prop_assert!(e.message.chars().count() <= 200, "{}", e.message);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn known_routes() {
+        let app = |n: &str| n == "analytics";
+        let r = |m: Method, p: &'static str, q: Option<&str>| resolve(&m, p, q, app);
+        assert_eq!(r(Method::GET, "/v1/health", None), Ok(Route::Health));
+        assert_eq!(r(Method::GET, "/v1/apps", None), Ok(Route::Apps));
+        assert_eq!(
+            r(Method::GET, "/v1/apps/analytics/token", Some("min_ttl=60")),
+            Ok(Route::App {
+                name: "analytics",
+                action: AppAction::Token {
+                    min_ttl: Duration::from_secs(60)
+                }
+            })
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/apps/ana%6Cytics/token", None)
+                .unwrap_err()
+                .code,
+            "unknown_app"
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/apps/analytics/refresh", None)
+                .unwrap_err()
+                .code,
+            "method_not_allowed"
+        );
     }
 }

@@ -183,6 +183,13 @@ where
             "timeout",
             format!("the call to {service} timed out"),
         )),
+        // The HTTP client's own connect and read timeouts arrive as dispatch failures.
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            Err(UpstreamError::transient(
+                "timeout",
+                format!("the call to {service} timed out: {context}"),
+            ))
+        }
         SdkError::DispatchFailure(_) => Err(UpstreamError::transient(
             "connection_failed",
             format!("could not reach {service}: {context}"),

@@ -20,14 +20,71 @@ use super::{
     BoxFuture, GrantRequest, IssuedToken, TokenIssuer, UpstreamError, ACCESS_TOKEN_URN,
     MAX_EXPIRES_IN,
 };
-use crate::config::AppConfig;
+
+use crate::config::{AppConfig, AwsConfig, CaBundle};
 use crate::secret::Secret;
 
-/// Connect timeout for upstream calls.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Whole-call timeout for one upstream attempt: long enough for a slow region, short enough
-/// that a hung connection does not hold an app (and a `max_concurrent` slot) for minutes.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect timeout of the shared SDK config (the credential chain's own calls); an app's
+/// calls use its `[aws] connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = crate::config::DEFAULT_CONNECT_TIMEOUT;
+/// Whole-attempt timeout of the shared SDK config; an app's calls use its `[aws]`
+/// `connect_timeout + read_timeout`.
+pub const CALL_TIMEOUT: Duration = crate::config::DEFAULT_READ_TIMEOUT;
+
+/// An app's `[aws]` timeouts as the SDK takes them: `connect_timeout` for TCP + TLS,
+/// `read_timeout` from the request sent to the answer's head, and the two together as the
+/// bound of one whole attempt (so a body that trickles in is cut off too).
+pub(crate) fn timeouts(aws: &AwsConfig) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(aws.connect_timeout)
+        .read_timeout(aws.read_timeout)
+        .operation_attempt_timeout(aws.connect_timeout + aws.read_timeout)
+        .build()
+}
+
+/// An app's own HTTPS client when it has an `[aws] ca_bundle`; `None` otherwise, so the SDK
+/// picks its default client.
+pub(crate) fn http_client(aws: &AwsConfig) -> Option<SharedHttpClient> {
+    aws.ca_bundle
+        .as_ref()
+        .map(|bundle| https_client(Some(bundle)))
+}
+
+/// The SDK's default HTTPS client (hyper 1 + rustls with aws-lc, `HTTPS_PROXY`/`HTTP_PROXY`/
+/// `NO_PROXY` from the environment), with `bundle`'s certificates added to the system's
+/// trust roots.
+///
+/// Built the way aws-smithy-runtime builds its default (`default_https_client`), through
+/// `Builder::build_with_connector_fn`, which caches one connector per timeout setting. The
+/// simpler `Builder::tls_provider(..).build_https()` leaves the proxy settings out, so a
+/// client built that way silently ignores `HTTPS_PROXY`.
+pub(crate) fn https_client(bundle: Option<&CaBundle>) -> SharedHttpClient {
+    use aws_smithy_http_client::{proxy::ProxyConfig, tls, Builder, ConnectorBuilder};
+    let mut trust = tls::TrustStore::default();
+    if let Some(bundle) = bundle {
+        // Parsed and checked at config load: the TLS stack panics on a bad certificate.
+        trust = trust.with_pem_certificate(bundle.pem.clone());
+    }
+    // `build` cannot fail today (it only stores the trust store); if it ever does, the
+    // system's roots alone are the safe fallback, and the handshake will say why.
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .unwrap_or_default();
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector = ConnectorBuilder::default()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context.clone());
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
 
 /// Builds SDK clients for apps, loading each `[aws] profile`'s credential chain once.
 pub struct Upstreams {
@@ -47,16 +104,29 @@ pub struct Upstreams {
     sts_clients: Mutex<HashMap<ClientKey, aws_sdk_sts::Client>>,
 }
 
-/// What tells SDK clients apart: `[aws] profile`, region, endpoint override.
-type ClientKey = (Option<String>, String, Option<String>);
+/// What tells SDK clients apart: `[aws] profile`, region, endpoint override, and the `[aws]`
+/// settings that shape the client (timeouts, CA bundle).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    profile: Option<String>,
+    region: String,
+    endpoint: Option<String>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    ca_bundle: Option<std::path::PathBuf>,
+}
 
-/// The SDK's default HTTPS stack (rustls with aws-lc), built once.
-fn shared_http_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .build_https()
+impl ClientKey {
+    fn of(app: &AppConfig, endpoint: Option<&String>) -> ClientKey {
+        ClientKey {
+            profile: app.aws.profile.clone(),
+            region: app.region.clone(),
+            endpoint: endpoint.cloned(),
+            connect_timeout: app.aws.connect_timeout,
+            read_timeout: app.aws.read_timeout,
+            ca_bundle: app.aws.ca_bundle.as_ref().map(|b| b.path.clone()),
+        }
+    }
 }
 
 impl Upstreams {
@@ -65,7 +135,7 @@ impl Upstreams {
         Upstreams {
             credentials_override: None,
             sdk_configs: Mutex::new(HashMap::new()),
-            http_client: shared_http_client(),
+            http_client: https_client(None),
             oidc_clients: Mutex::new(HashMap::new()),
             sts_clients: Mutex::new(HashMap::new()),
         }
@@ -76,7 +146,7 @@ impl Upstreams {
         Upstreams {
             credentials_override: Some(credentials),
             sdk_configs: Mutex::new(HashMap::new()),
-            http_client: shared_http_client(),
+            http_client: https_client(None),
             oidc_clients: Mutex::new(HashMap::new()),
             sts_clients: Mutex::new(HashMap::new()),
         }
@@ -116,11 +186,7 @@ impl Upstreams {
     /// A role assumer for an app with a `[role]`.
     pub async fn role_assumer(&self, app: &AppConfig) -> Option<Arc<dyn super::sts::RoleAssumer>> {
         let role = app.role.as_ref()?;
-        let key = (
-            app.aws.profile.clone(),
-            app.region.clone(),
-            role.endpoint_url.clone(),
-        );
+        let key = ClientKey::of(app, role.endpoint_url.as_ref());
         let cached = self.sts_clients.lock().await.get(&key).cloned();
         let client = match cached {
             Some(client) => client,
@@ -139,20 +205,20 @@ impl Upstreams {
 
     /// A token issuer for one app.
     pub async fn token_issuer(&self, app: &AppConfig) -> Arc<dyn TokenIssuer> {
-        let key = (
-            app.aws.profile.clone(),
-            app.region.clone(),
-            app.endpoint_url.clone(),
-        );
+        let key = ClientKey::of(app, app.endpoint_url.as_ref());
         let cached = self.oidc_clients.lock().await.get(&key).cloned();
         let client = match cached {
             Some(client) => client,
             None => {
                 let sdk = self.sdk_config(app.aws.profile.as_deref()).await;
                 let mut builder = aws_sdk_ssooidc::config::Builder::from(&sdk)
-                    .region(Region::new(app.region.clone()));
+                    .region(Region::new(app.region.clone()))
+                    .timeout_config(timeouts(&app.aws));
                 if let Some(url) = &app.endpoint_url {
                     builder = builder.endpoint_url(url);
+                }
+                if let Some(client) = http_client(&app.aws) {
+                    builder = builder.http_client(client);
                 }
                 let client = aws_sdk_ssooidc::Client::from_conf(builder.build());
                 self.oidc_clients.lock().await.insert(key, client.clone());

@@ -56,6 +56,10 @@ impl StsAssumer {
         if let Some(url) = &role.endpoint_url {
             builder = builder.endpoint_url(url);
         }
+        builder = builder.timeout_config(super::oidc::timeouts(&app.aws));
+        if let Some(client) = super::oidc::http_client(&app.aws) {
+            builder = builder.http_client(client);
+        }
         aws_sdk_sts::Client::from_conf(builder.build())
     }
 }

@@ -13,12 +13,20 @@
 //! - `redaction`: planted canary secrets never reach the logs.
 //! - `systemd`: sd_notify messages in order, socket activation, a second SIGTERM.
 //! - `metrics`: `/metrics` parses, names follow conventions, counters move, no secret in it.
+//! - `faults`: upstream 500s, resets, hangs past the timeout, garbled and absurd answers,
+//!   slow_down, invalid_grant: the end state, the answer, and no hot loop.
+//! - `hostile`: garbage, HTTP/0.9, floods, slow and silent clients, connection limits.
+//! - `soak`: concurrent clients while 5-second tokens rotate (reduced here; full: bench/soak.sh).
+//! - `access`: per-app `[access]` from peer credentials (403, filtered `/v1/apps`).
 
 mod support;
 
+mod access;
 mod cli;
 mod credentials;
+mod faults;
 mod grants;
+mod hostile;
 mod lifecycle;
 mod login;
 mod metrics;
@@ -26,6 +34,7 @@ mod process;
 mod redaction;
 mod refresh;
 mod reload;
+mod soak;
 mod socket_api;
 mod state;
 mod systemd;
