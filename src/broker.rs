@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::refresh::credentials::CredentialCache;
 use crate::refresh::policy::{LivePolicy, Policy};
 use crate::refresh::scheduler::Shared;
+use crate::refresh::state::AppState;
 use crate::refresh::AppHandle;
 use crate::store::Store;
 use crate::upstream::oidc::Upstreams;
@@ -24,7 +25,8 @@ pub struct Broker {
     clock: Clock,
     shared: Shared,
     upstreams: Upstreams,
-    /// The config the running apps were started from; the lock also serializes reloads.
+    /// The config the running apps were started from, without its apps (each app's config is
+    /// held once, by its handle); the lock also serializes reloads.
     config: tokio::sync::Mutex<Config>,
 }
 
@@ -47,28 +49,32 @@ impl Broker {
     /// Starts every app of `config`; each fetches its first token on its own.
     /// Saved refresh tokens in `store` are picked up first.
     pub async fn start(
-        config: &Config,
+        mut config: Config,
         upstreams: Upstreams,
         clock: Clock,
         store: Option<Arc<Store>>,
     ) -> Broker {
         let shared = Shared {
             clock,
-            policy: LivePolicy::new(policy_of(config)),
+            policy: LivePolicy::new(policy_of(&config)),
             permits: Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
             store,
             metrics: Arc::new(Metrics::new()),
         };
+        let order = dependency_order(&config);
+        let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
             clock,
             shared,
             upstreams,
-            config: tokio::sync::Mutex::new(config.clone()),
+            config: tokio::sync::Mutex::new(config),
         };
-        for name in dependency_order(config) {
-            let handle = broker.spawn_app(&config.apps[&name]).await;
-            broker.write().insert(name, handle);
+        for name in order {
+            if let Some(app) = apps.remove(&name) {
+                let handle = broker.spawn_app(Arc::new(app)).await;
+                broker.write().insert(name, handle);
+            }
         }
         broker
     }
@@ -78,7 +84,7 @@ impl Broker {
     /// makes no call. A token-exchange app whose subject app is restarted is restarted too,
     /// so it watches the new one. `[refresh]` applies to every app from its next scheduling
     /// decision; `[server]`, `[state]` and `[log]` only at restart (reported).
-    pub async fn reload(&self, new: Config) -> ReloadReport {
+    pub async fn reload(&self, mut new: Config) -> ReloadReport {
         let mut current = self.config.lock().await;
         let mut report = ReloadReport::default();
         if current.server != new.server {
@@ -98,20 +104,25 @@ impl Broker {
                 new.refresh.max_concurrent.max(1),
             );
         }
-        for name in current.apps.keys() {
-            if !new.apps.contains_key(name) {
-                let handle = self.write().remove(name);
+        let running: Vec<String> = self.read().keys().cloned().collect();
+        for name in running {
+            if !new.apps.contains_key(&name) {
+                let handle = self.write().remove(&name);
                 if let Some(handle) = handle {
                     handle.stop().await;
                 }
                 if let Some(store) = &self.shared.store {
-                    store.remove(name);
+                    store.remove(&name);
                 }
-                report.removed.push(name.clone());
+                report.removed.push(name);
             }
         }
-        for name in dependency_order(&new) {
-            let app = &new.apps[&name];
+        let order = dependency_order(&new);
+        let mut apps = std::mem::take(&mut new.apps);
+        for name in order {
+            let Some(app) = apps.remove(&name) else {
+                continue;
+            };
             let subject_restarted = match &app.grant {
                 Grant::TokenExchange { subject_app, .. } => report
                     .added
@@ -122,7 +133,7 @@ impl Broker {
             };
             let old = self.app(&name);
             match old {
-                Some(_) if current.apps.get(&name) == Some(app) && !subject_restarted => {
+                Some(old) if *old.config == app && !subject_restarted => {
                     report.unchanged.push(name);
                     continue;
                 }
@@ -134,7 +145,7 @@ impl Broker {
                 }
                 None => report.added.push(name.clone()),
             }
-            let handle = self.spawn_app(app).await;
+            let handle = self.spawn_app(Arc::new(app)).await;
             self.write().insert(name, handle);
         }
         *current = new;
@@ -142,8 +153,7 @@ impl Broker {
     }
 
     /// Starts one app's owner (and credential cache), with its saved refresh token.
-    async fn spawn_app(&self, app: &crate::config::AppConfig) -> Arc<AppHandle> {
-        let app = Arc::new(app.clone());
+    async fn spawn_app(&self, app: Arc<crate::config::AppConfig>) -> Arc<AppHandle> {
         let subject = match &app.grant {
             Grant::TokenExchange { subject_app, .. } => {
                 self.app(subject_app).map(|s| s.subscribe())
@@ -193,6 +203,17 @@ impl Broker {
     /// The daemon's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Resolves once every app has finished its first attempt (whatever its outcome), so
+    /// the start-up wave of calls is over.
+    pub async fn settled(&self) {
+        for app in self.apps() {
+            let mut snapshots = app.subscribe();
+            let _ = snapshots
+                .wait_for(|s| !matches!(s.state, AppState::Pending | AppState::Refreshing))
+                .await;
+        }
     }
 
     /// The clock every app runs on.
@@ -300,4 +321,15 @@ pub fn dependency_order(config: &Config) -> Vec<String> {
         }
     }
     order
+}
+
+/// Hands the heap's free pages back to the kernel (glibc keeps them otherwise). Called after
+/// the start-up wave and after a reload: both allocate and free a burst of per-app call
+/// state, which would else stay in the daemon's RSS for good.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

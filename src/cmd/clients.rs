@@ -98,6 +98,20 @@ async fn refresh(client: &SocketClient, app: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether a `/v1/apps` row counts as ready for `status`'s exit code. A routine refresh of a
+/// healthy app (`refreshing`, a token held, no error) is not a reason to fail a health check
+/// for the moment it takes.
+fn healthy(row: &Value) -> bool {
+    match row.get("state").and_then(Value::as_str) {
+        Some("ready") => true,
+        Some("refreshing") => {
+            row.get("last_error").is_none_or(Value::is_null)
+                && row.get("expires_at").is_some_and(Value::is_string)
+        }
+        _ => false,
+    }
+}
+
 async fn status(client: &SocketClient, format: StatusFormat) -> Result<(), Failure> {
     let answer = client.request(Method::GET, "/v1/apps", None).await?;
     if !answer.status.is_success() {
@@ -115,7 +129,7 @@ async fn status(client: &SocketClient, format: StatusFormat) -> Result<(), Failu
     }
     let not_ready: Vec<&str> = apps
         .iter()
-        .filter(|a| a.get("state").and_then(Value::as_str) != Some("ready"))
+        .filter(|a| !healthy(a))
         .filter_map(|a| a.get("name").and_then(Value::as_str))
         .collect();
     if not_ready.is_empty() {
@@ -248,5 +262,24 @@ mod tests {
         assert_eq!(app_path("../x", "token").unwrap_err().code, 2);
         assert_eq!(app_path("", "token").unwrap_err().code, 2);
         assert_eq!(app_path("A", "token").unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn a_routine_refresh_counts_as_ready_for_the_exit_code() {
+        let row = |state: &str, expires: Value, error: Value| serde_json::json!({"name": "a", "state": state, "expires_at": expires, "last_error": error});
+        let at = Value::from("2026-11-27T01:00:00Z");
+        let err = serde_json::json!({"code": "server_error", "message": "x", "at": "2026-11-27T00:00:00Z"});
+        assert!(healthy(&row("ready", at.clone(), Value::Null)));
+        assert!(healthy(&row("refreshing", at.clone(), Value::Null)));
+        assert!(
+            !healthy(&row("refreshing", Value::Null, Value::Null)),
+            "first fetch"
+        );
+        assert!(
+            !healthy(&row("refreshing", at.clone(), err.clone())),
+            "retrying"
+        );
+        assert!(!healthy(&row("failing", at, err)));
+        assert!(!healthy(&row("needs_login", Value::Null, Value::Null)));
     }
 }

@@ -52,9 +52,17 @@ pub async fn serve(
         }
     };
     let main_file = config.main_file.clone();
-    let broker = Arc::new(Broker::start(&config, upstreams, Clock::system(), store).await);
-    info!(socket = %socket.display(), apps = config.apps.len(), "listening");
+    let app_count = config.apps.len();
+    let broker = Arc::new(Broker::start(config, upstreams, Clock::system(), store).await);
+    info!(socket = %socket.display(), apps = app_count, "listening");
     on_listening(&socket);
+    {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker.settled().await;
+            crate::broker::release_free_memory();
+        });
+    }
     let mut supervisor = crate::notify::Supervisor::start(broker.clone());
     let reloader = {
         let broker = broker.clone();
@@ -62,6 +70,7 @@ pub async fn serve(
             while hangups.recv().await.is_some() {
                 crate::notify::reloading();
                 reload(&main_file, &broker).await;
+                crate::broker::release_free_memory();
                 crate::notify::ready();
             }
         })

@@ -289,7 +289,7 @@ async fn server(limits: Limits) -> Server {
     );
     let broker = Arc::new(
         iamtokend::broker::Broker::start(
-            &config,
+            config,
             upstreams,
             iamtokend::clock::Clock::system(),
             None,
