@@ -125,7 +125,8 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// How long a new connection over a limit waits for a slot before its 503.
     pub slot_wait: Duration,
-    /// Requests per second one connection may sustain...
+    /// Requests that may cause upstream work (see [`charged`]) one connection may sustain
+    /// per second...
     pub requests_per_second: f64,
     /// ... after a burst of this many. Over: 429 `rate_limited`, then the connection closes.
     pub request_burst: f64,
@@ -211,10 +212,11 @@ pub async fn run_with_limits(
                         let service = service_fn(move |request| {
                             let (ctx, peer, bucket) = (ctx.clone(), peer.clone(), bucket.clone());
                             async move {
-                                let allowed = bucket
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .take(tokio::time::Instant::now());
+                                let allowed = !charged(request.method(), request.uri())
+                                    || bucket
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .take(tokio::time::Instant::now());
                                 if !allowed {
                                     debug!(uid = peer.uid, pid = peer.pid, "request rate over the limit; closing");
                                     let mut answer = ApiError::rate_limited().into_response();
@@ -309,6 +311,17 @@ impl Slots {
         .ok()
         .flatten()
     }
+}
+
+/// Whether a request counts against its connection's rate: those that can make the daemon
+/// call upstream however fresh the cached token is (a forced refresh, a login, a `min_ttl`,
+/// role credentials). Cached reads (health, the app list, a token, metrics) are not charged:
+/// they cost microseconds, a client may legitimately read its token at any rate, and one
+/// connection is one task, so a flood of them cannot starve other clients.
+pub fn charged(method: &http::Method, uri: &http::Uri) -> bool {
+    *method != http::Method::GET
+        || uri.path().ends_with("/credentials")
+        || uri.query().is_some_and(|q| q.contains("min_ttl"))
 }
 
 /// A token bucket: `burst` requests at once, refilled at `rate` per second.
@@ -420,5 +433,19 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert!((0..3).all(|_| bucket.take(later)));
         assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn only_requests_that_may_call_upstream_are_charged() {
+        let charged = |m: http::Method, u: &str| super::charged(&m, &u.parse().unwrap());
+        assert!(!charged(http::Method::GET, "/v1/health"));
+        assert!(!charged(http::Method::GET, "/v1/apps"));
+        assert!(!charged(http::Method::GET, "/v1/apps/a/token"));
+        assert!(!charged(http::Method::GET, "/metrics"));
+        assert!(charged(http::Method::GET, "/v1/apps/a/token?min_ttl=60"));
+        assert!(charged(http::Method::GET, "/v1/apps/a/credentials"));
+        assert!(charged(http::Method::POST, "/v1/apps/a/refresh"));
+        assert!(charged(http::Method::POST, "/v1/apps/a/login"));
+        assert!(charged(http::Method::DELETE, "/v1/health"));
     }
 }

@@ -125,8 +125,9 @@ async fn odd_requests_get_clean_answers() {
     assert!(!daemon.logs().contains("panicked"));
 }
 
-/// A client pipelining far more requests than the per-connection rate allows gets the
-/// burst answered, then one 429 `rate_limited`, then a close; other clients are unaffected.
+/// A client pipelining far more forced refreshes (requests that call upstream) than the
+/// per-connection rate allows gets the burst answered, then one 429 `rate_limited`, then a
+/// close; other clients are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelining_flood_is_cut_off() {
     let env = TestEnv::new(3600).await;
@@ -135,7 +136,8 @@ async fn a_pipelining_flood_is_cut_off() {
     let stream = UnixStream::connect(&daemon.socket).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
-        let request = b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n";
+        let request =
+            b"POST /v1/apps/analytics/refresh HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
         let flood: Vec<u8> = request.repeat(2000);
         // The daemon stops reading once it closes; the write then fails, as it should.
         let _ = write.write_all(&flood).await;
