@@ -216,6 +216,12 @@ impl AppHandle {
         self.snapshot.borrow().clone()
     }
 
+    /// Whether the owner's last attempt failed (what is served now is the last good token),
+    /// without copying the snapshot.
+    pub fn last_attempt_failed(&self) -> bool {
+        self.snapshot.borrow().last_error.is_some()
+    }
+
     /// A receiver of snapshots (token-exchange dependants watch their subject).
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.snapshot.clone()

@@ -178,7 +178,7 @@ where
             match action {
                 AppAction::Token { min_ttl } => {
                     let token = app.token(min_ttl).await?;
-                    if app.snapshot().last_error.is_some() {
+                    if app.last_attempt_failed() {
                         // The last attempt failed: this is the last good token.
                         broker.metrics().served_stale(app.name(), "token");
                     }
