@@ -895,6 +895,7 @@ fn token_from(issued: IssuedToken, now: Instant, clock: Clock) -> Token {
         issued_token_type: issued.issued_token_type,
         id_token: issued.id_token,
         identity_context,
+        rendered: std::sync::OnceLock::new(),
     }
 }
 

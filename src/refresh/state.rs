@@ -60,6 +60,23 @@ pub struct Token {
     pub id_token: Option<Secret>,
     /// `awsAdditionalDetails.identityContext`, or the idToken's `sts:identity_context` claim.
     pub identity_context: Option<Secret>,
+    /// The token route's JSON, serialized on first use and kept with the token (it holds the
+    /// token, so it is zeroized with it): all of it but the `expires_in` value.
+    pub rendered: std::sync::OnceLock<Rendered>,
+}
+
+/// A token's answer JSON around its one changing value, `expires_in`.
+pub struct Rendered {
+    /// Everything up to and including `"expires_in":`.
+    pub before: zeroize::Zeroizing<Vec<u8>>,
+    /// Everything after the number.
+    pub after: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rendered(<redacted>)")
+    }
 }
 
 impl Token {

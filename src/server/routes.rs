@@ -314,28 +314,55 @@ struct TokenBody<'a> {
     id_token: Option<&'a str>,
 }
 
-/// The token JSON of CONTRACT §5. Never the refresh token.
+/// The token JSON of CONTRACT §5. Never the refresh token. Everything but `expires_in` is
+/// serialized once per token (escaping a JWT-sized id token is most of a request's work);
+/// each answer splices the current `expires_in` in.
 fn token_response(broker: &Broker, token: &Token) -> Response<Full<Bytes>> {
-    let now = broker.clock().now();
-    let body = TokenBody {
-        access_token: token.access_token.expose(),
-        token_type: &token.token_type,
-        expires_at: rfc3339(token.expires_at_wall),
-        expires_in: token.ttl(now).as_secs(),
-        scopes: token.scopes.as_deref(),
-        issued_token_type: token.issued_token_type.as_deref(),
-        id_token: token.id_token.as_ref().map(|t| t.expose()),
-    };
+    let rendered = token.rendered.get_or_init(|| render(token));
+    let expires_in = token.ttl(broker.clock().now()).as_secs().to_string();
     let mut bytes =
-        Vec::with_capacity(256 + body.access_token.len() + body.id_token.map_or(0, str::len));
-    // Serializing borrowed strings and numbers into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut bytes, &body);
+        Vec::with_capacity(rendered.before.len() + expires_in.len() + rendered.after.len());
+    bytes.extend_from_slice(&rendered.before);
+    bytes.extend_from_slice(expires_in.as_bytes());
+    bytes.extend_from_slice(&rendered.after);
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Serializes `token` with a marker for `expires_in` and splits the JSON there.
+fn render(token: &Token) -> crate::refresh::state::Rendered {
+    const MARK: u64 = u64::MAX;
+    let body = TokenBody {
+        access_token: token.access_token.expose(),
+        token_type: &token.token_type,
+        expires_at: rfc3339(token.expires_at_wall),
+        expires_in: MARK,
+        scopes: token.scopes.as_deref(),
+        issued_token_type: token.issued_token_type.as_deref(),
+        id_token: token.id_token.as_ref().map(|t| t.expose()),
+    };
+    let mut json = zeroize::Zeroizing::new(Vec::with_capacity(
+        256 + body.access_token.len() + body.id_token.map_or(0, str::len),
+    ));
+    // Serializing borrowed strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *json, &body);
+    // The key and the number are outside any string (strings are quoted), so the first match
+    // is the field itself.
+    let key = format!("\"expires_in\":{MARK}");
+    let at = json
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())
+        .unwrap_or(json.len());
+    let split = (at + key.len() - MARK.to_string().len()).min(json.len());
+    let after_at = (at + key.len()).min(json.len());
+    crate::refresh::state::Rendered {
+        before: zeroize::Zeroizing::new(json[..split].to_vec()),
+        after: zeroize::Zeroizing::new(json[after_at..].to_vec()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -440,6 +467,37 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rendered_token_json_splices_expires_in_and_keeps_every_field() {
+        let now = tokio::time::Instant::now();
+        let token = Token {
+            // The marker's digits inside a string must not confuse the split.
+            access_token: Secret::new("tok-\"expires_in\":18446744073709551615"),
+            token_type: "Bearer".into(),
+            expires_at: now + Duration::from_secs(3600),
+            expires_at_wall: std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            scopes: Some(vec!["openid".into()]),
+            issued_token_type: None,
+            id_token: Some(Secret::new("a.b.c")),
+            identity_context: None,
+            rendered: std::sync::OnceLock::new(),
+        };
+        for expires_in in [3599u64, 0, 12] {
+            let r = render(&token);
+            let mut bytes = r.before.to_vec();
+            bytes.extend_from_slice(expires_in.to_string().as_bytes());
+            bytes.extend_from_slice(&r.after);
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["expires_in"], expires_in);
+            assert_eq!(v["access_token"], "tok-\"expires_in\":18446744073709551615");
+            assert_eq!(v["expires_at"], "2027-01-15T08:00:00Z");
+            assert_eq!(v["scopes"][0], "openid");
+            assert_eq!(v["id_token"], "a.b.c");
+            assert!(v.get("issued_token_type").is_none());
+        }
+        assert_eq!(format!("{:?}", render(&token)), "Rendered(<redacted>)");
+    }
 
     #[test]
     fn min_ttl_parsing() {
