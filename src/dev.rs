@@ -84,7 +84,7 @@ max_concurrent = 8
         (
             "analytics",
             format!(
-                "{}grant = \"jwt-bearer\"\nscopes = [\"openid\", \"aws\", \"sts:identity_context\"]\nassertion_file = \"../assertion.jwt\"\n",
+                "{}grant = \"jwt-bearer\"\nscopes = [\"openid\", \"aws\", \"sts:identity_context\"]\nassertion_file = \"../assertion.jwt\"\n\n[role]\narn = \"arn:aws:iam::123456789012:role/DevAnalytics\"\nendpoint_url = \"{endpoint}\"\n",
                 common("analytics")
             ),
         ),
@@ -204,14 +204,16 @@ iamtokend is running in dev mode against a simulated Identity Center at {simulat
 
   socket:  {s}
   config:  {config}
-  apps:    analytics (jwt-bearer), reports (refresh-token),
+  apps:    analytics (jwt-bearer, with a [role] for AWS credentials), reports (refresh-token),
            warehouse (token-exchange of analytics), portal (authorization-code, logged in for you)
+  STS:     simulated too, at the same address
 
 Try, in another terminal:
   export IAMTOKEND_SOCKET={s}
   cargo run --release -- status
   cargo run --release -- token analytics
   cargo run --release -- refresh warehouse
+  cargo run --release -- credential-process analytics
   curl --unix-socket {s} http://localhost/v1/apps
   curl --unix-socket {s} http://localhost/v1/apps/portal/token
 

@@ -102,11 +102,17 @@ async fn serve_dev_runs_every_demo_app() {
         .request(http::Method::GET, "/v1/apps/warehouse/token", None)
         .await
         .unwrap();
+    let creds = daemon_client
+        .request(http::Method::GET, "/v1/apps/analytics/credentials", None)
+        .await
+        .unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(ready, "not every demo app reached ready");
     assert_eq!(token.status, 200);
     assert!(token.body["access_token"].as_str().is_some());
+    assert_eq!(creds.status, 200, "{}", creds.body);
+    assert_eq!(creds.body["Version"], 1);
     assert_eq!(status.code(), Some(0));
     assert!(!std::path::Path::new(&socket).exists());
 }
