@@ -42,6 +42,23 @@ pub enum Route<'a> {
     },
 }
 
+impl Route<'_> {
+    /// The route's template for metrics labels: never client text.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "/v1/health",
+            Route::Apps => "/v1/apps",
+            Route::Metrics => "/metrics",
+            Route::App { action, .. } => match action {
+                AppAction::Token { .. } => "/v1/apps/{app}/token",
+                AppAction::Refresh => "/v1/apps/{app}/refresh",
+                AppAction::Login => "/v1/apps/{app}/login",
+                AppAction::Credentials => "/v1/apps/{app}/credentials",
+            },
+        }
+    }
+}
+
 /// The per-app routes of CONTRACT §5.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppAction {
@@ -74,11 +91,8 @@ where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let template = crate::metrics::route_template(request.uri().path());
-    let response = match route(request, ctx, peer).await {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
-    };
+    let (template, result) = route(request, ctx, peer).await;
+    let response = result.unwrap_or_else(ApiError::into_response);
     ctx.broker
         .metrics()
         .request(template, response.status().as_u16());
@@ -147,11 +161,13 @@ pub fn resolve<'a>(
     }
 }
 
+/// Resolves and answers one request; also returns its route template for the metrics (the
+/// resolved route's own, or for a refused request the template its path has).
 async fn route<B>(
     request: Request<B>,
     ctx: &Ctx,
     peer: &Peer,
-) -> Result<Response<Full<Bytes>>, ApiError>
+) -> (&'static str, Result<Response<Full<Bytes>>, ApiError>)
 where
     B: hyper::body::Body + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -160,9 +176,34 @@ where
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
     let method = request.method().clone();
-    match resolve(&method, &path, query.as_deref(), |name| {
+    let resolved = resolve(&method, &path, query.as_deref(), |name| {
         broker.app(name).is_some()
-    })? {
+    });
+    let template = match &resolved {
+        Ok(route) => route.template(),
+        Err(_) => crate::metrics::route_template(&path),
+    };
+    let result = match resolved {
+        Ok(route) => answer(route, request, ctx, peer, &path).await,
+        Err(e) => Err(e),
+    };
+    (template, result)
+}
+
+/// Answers a resolved request.
+async fn answer<B>(
+    route: Route<'_>,
+    request: Request<B>,
+    ctx: &Ctx,
+    peer: &Peer,
+    path: &str,
+) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: hyper::body::Body + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let broker = &ctx.broker;
+    match route {
         Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         Route::Apps => Ok(list_apps(ctx, peer).await),
         Route::Metrics => Ok(metrics_response(broker)),
@@ -172,7 +213,7 @@ where
                 .app(name)
                 .ok_or_else(|| ApiError::unknown_app(name))?;
             if !may_read(ctx, peer, &app).await {
-                warn!(app = name, uid = peer.uid, gid = peer.gid, pid = peer.pid, path = %shown(&path), "peer refused by the app's [access]");
+                warn!(app = name, uid = peer.uid, gid = peer.gid, pid = peer.pid, path = %shown(path), "peer refused by the app's [access]");
                 return Err(ApiError::forbidden(name));
             }
             match action {
@@ -467,6 +508,26 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolved_route_has_the_template_its_path_has() {
+        for (method, path, query) in [
+            (Method::GET, "/v1/health", None),
+            (Method::GET, "/v1/apps", None),
+            (Method::GET, "/metrics", None),
+            (Method::GET, "/v1/apps/a/token", Some("min_ttl=5")),
+            (Method::POST, "/v1/apps/a/refresh", None),
+            (Method::POST, "/v1/apps/a/login", None),
+            (Method::GET, "/v1/apps/a/credentials", None),
+        ] {
+            let route = resolve(&method, path, query, |n| n == "a").unwrap();
+            assert_eq!(
+                route.template(),
+                crate::metrics::route_template(path),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn the_rendered_token_json_splices_expires_in_and_keeps_every_field() {
