@@ -56,16 +56,13 @@ impl From<ClientError> for Failure {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
-    if holds_secrets(&cli.command) {
-        let hardened = crate::harden::harden();
-        // Logging is not set up yet for every command; serve logs it again once it is.
-        HARDENED.get_or_init(|| hardened);
-    }
+    // Before anything is read; `serve` logs the result once its logging is up.
+    let hardened = holds_secrets(&cli.command).then(crate::harden::harden);
     let env = Env::from_process();
     let config_file = paths::config_file(cli.config.as_deref(), &env);
     match cli.command {
         Command::Serve { dev: true } => crate::dev::run().await,
-        Command::Serve { dev: false } => serve::run(&config_file).await,
+        Command::Serve { dev: false } => serve::run(&config_file, hardened).await,
         Command::CheckConfig => check_config::run(&config_file),
         Command::Fetch {
             app,
@@ -95,9 +92,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
-
-/// What [`crate::harden::harden`] achieved at start, for `serve` to log once logging is up.
-pub static HARDENED: std::sync::OnceLock<crate::harden::Hardened> = std::sync::OnceLock::new();
 
 /// The commands that hold tokens, refresh tokens, assertions, codes or keys in memory.
 fn holds_secrets(command: &Command) -> bool {

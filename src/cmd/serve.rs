@@ -13,8 +13,9 @@ use crate::config::Config;
 use crate::server::SocketFile;
 use crate::upstream::oidc::Upstreams;
 
-/// Serves the config at `file` with the SDK's credentials.
-pub async fn run(file: &Path) -> Result<(), Failure> {
+/// Serves the config at `file` with the SDK's credentials; `hardened` is what the process
+/// hardening at start achieved, logged here once logging is up.
+pub async fn run(file: &Path, hardened: Option<crate::harden::Hardened>) -> Result<(), Failure> {
     let config = crate::config::load(file).map_err(|d| {
         Failure::failed(format!(
             "refusing to start: the config has errors\n{}",
@@ -22,7 +23,7 @@ pub async fn run(file: &Path) -> Result<(), Failure> {
         ))
     })?;
     crate::logging::init(config.log.format, &config.log.level);
-    if let Some(h) = super::HARDENED.get() {
+    if let Some(h) = hardened {
         info!(
             dumpable = h.dumpable,
             core_limit_zero = h.core_limit_zero,
