@@ -2,13 +2,11 @@
 //! `/v1/health` open, names resolved at load.
 //!
 //! The suite runs as one uid (root in CI). Root is admitted by the default policy but not by
-//! an `[access]` that does not list it, so "deny" is tested by listing another user. When the
-//! suite runs as root it also runs the CLI as `nobody` (a second, real peer uid); otherwise
-//! that part is skipped and says so. The decision itself is table-tested in
-//! `server::peer`.
-
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+//! an `[access]` that does not list it, so "deny" is tested by listing another user. The test
+//! with a second, real peer uid (the CLI run as `nobody`) needs root to switch users: it lives
+//! in `as_root`, is `#[ignore = "needs root"]` so a non-root run shows it as ignored rather
+//! than passing it, and `.ci/run` (root) runs it with `--ignored as_root::`. The decision
+//! itself is table-tested in `server::peer`.
 
 use crate::support::{bin, strip_ansi, TestEnv};
 use nix::unistd::{Gid, Group, Uid, User};
@@ -25,13 +23,8 @@ async fn an_unlisted_peer_gets_403_and_does_not_see_the_app() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("open");
     env.jwt_app("locked");
-    let locked = std::fs::read_to_string(env.path("apps.d/locked.toml")).unwrap();
     // `nobody` exists on every Linux; the test process is not it.
-    std::fs::write(
-        env.path("apps.d/locked.toml"),
-        format!("{locked}[access]\nusers = [\"nobody\"]\n"),
-    )
-    .unwrap();
+    env.append_app("locked", "[access]\nusers = [\"nobody\"]\n");
     let daemon = env.daemon().await;
     daemon.wait_state("open", "ready", 10).await;
 
@@ -99,12 +92,7 @@ async fn listed_uid_user_or_group_is_admitted() {
         ),
     ] {
         env.jwt_app(name);
-        let text = std::fs::read_to_string(env.path(&format!("apps.d/{name}.toml"))).unwrap();
-        std::fs::write(
-            env.path(&format!("apps.d/{name}.toml")),
-            format!("{text}[access]\n{access}\n"),
-        )
-        .unwrap();
+        env.append_app(name, &format!("[access]\n{access}\n"));
     }
     let daemon = env.daemon().await;
     for name in ["by-uid", "by-user", "by-group", "by-any"] {
@@ -125,15 +113,14 @@ async fn listed_uid_user_or_group_is_admitted() {
 async fn unknown_names_are_config_errors_with_positions() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("a");
-    let text = std::fs::read_to_string(env.path("apps.d/a.toml")).unwrap();
-    let lines = text.lines().count();
-    std::fs::write(
-        env.path("apps.d/a.toml"),
-        format!(
-            "{text}[access]\nusers = [\"no-such-user-x7q\"]\ngroups = [\"root\", \"no-such-group-x7q\"]\n"
-        ),
-    )
-    .unwrap();
+    let lines = std::fs::read_to_string(env.path("apps.d/a.toml"))
+        .unwrap()
+        .lines()
+        .count();
+    env.append_app(
+        "a",
+        "[access]\nusers = [\"no-such-user-x7q\"]\ngroups = [\"root\", \"no-such-group-x7q\"]\n",
+    );
     let out = tokio::process::Command::new(bin())
         .args(["check-config", "--config"])
         .arg(env.main_file())
@@ -169,97 +156,98 @@ async fn unknown_names_are_config_errors_with_positions() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-/// Runs the CLI as `nobody` (uid/gid 65534 on Debian-likes, looked up by name) against
-/// `socket`; `None` when this process cannot switch users (not root).
-async fn as_nobody(socket: &std::path::Path, args: &[&str]) -> Option<std::process::Output> {
-    if !Uid::effective().is_root() {
-        return None;
-    }
-    let nobody = User::from_name("nobody").unwrap()?;
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_clear()
-        .uid(nobody.uid.as_raw())
-        .gid(nobody.gid.as_raw());
-    Some(
+/// Tests that switch users: `#[ignore = "needs root"]`, run by `.ci/run` (as root) with
+/// `cargo test --test it -- --ignored as_root::`.
+mod as_root {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    use nix::unistd::{Group, Uid, User};
+
+    use crate::support::{bin, TestEnv};
+
+    /// Runs the CLI as `nobody` (uid/gid 65534 on Debian-likes, looked up by name) against
+    /// `socket`.
+    async fn as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+        let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("--socket")
+            .arg(socket)
+            .args(args)
+            .env_clear()
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw());
         tokio::process::Command::from(cmd)
             .output()
             .await
-            .expect("cli runs as nobody"),
-    )
-}
+            .expect("cli runs as nobody")
+    }
 
-/// A second real peer uid: the default policy refuses it, `[access]` naming it (or its
-/// group) admits it, and then root, unlisted, is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_uid_is_judged_by_the_policy() {
-    let env = TestEnv::new(3600).await;
-    // Let `nobody` reach the socket: the first fence is opened wide on purpose here.
-    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let main = std::fs::read_to_string(env.main_file()).unwrap();
-    std::fs::write(
-        env.main_file(),
-        main.replacen("[server]\n", "[server]\nsocket_mode = \"0666\"\n", 1),
-    )
-    .unwrap();
-    env.jwt_app("default");
-    env.jwt_app("for-nobody");
-    env.jwt_app("for-nogroup");
-    let nogroup = User::from_name("nobody")
-        .unwrap()
-        .and_then(|u| Group::from_gid(u.gid).unwrap())
-        .map(|g| g.name)
-        .unwrap_or_else(|| "nogroup".to_owned());
-    for (name, access) in [
-        ("for-nobody", "users = [\"nobody\"]".to_owned()),
-        ("for-nogroup", format!("groups = [\"{nogroup}\"]")),
-    ] {
-        let text = std::fs::read_to_string(env.path(&format!("apps.d/{name}.toml"))).unwrap();
+    /// A second real peer uid: the default policy refuses it, `[access]` naming it (or its
+    /// group) admits it, and then root, unlisted, is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root"]
+    async fn another_uid_is_judged_by_the_policy() {
+        assert!(
+            Uid::effective().is_root(),
+            "needs root to run a peer under another uid"
+        );
+        let env = TestEnv::new(3600).await;
+        // Let `nobody` reach the socket: the first fence is opened wide on purpose here.
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let main = std::fs::read_to_string(env.main_file()).unwrap();
         std::fs::write(
-            env.path(&format!("apps.d/{name}.toml")),
-            format!("{text}[access]\n{access}\n"),
+            env.main_file(),
+            main.replacen("[server]\n", "[server]\nsocket_mode = \"0666\"\n", 1),
         )
         .unwrap();
-    }
-    let daemon = env.daemon().await;
-    // Root may not list the two [access] apps; wait on the one it may read, then on the
-    // others through `nobody`.
-    daemon.wait_state("default", "ready", 10).await;
-    let Some(out) = as_nobody(&daemon.socket, &["token", "default"]).await else {
-        eprintln!("skipped: not root, cannot run a peer under another uid");
-        return;
-    };
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("may not read"));
-    for name in ["for-nobody", "for-nogroup"] {
-        let mut out = as_nobody(&daemon.socket, &["token", name]).await.unwrap();
-        for _ in 0..100 {
-            if out.status.success() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            out = as_nobody(&daemon.socket, &["token", name]).await.unwrap();
+        env.jwt_app("default");
+        env.jwt_app("for-nobody");
+        env.jwt_app("for-nogroup");
+        let nogroup = User::from_name("nobody")
+            .unwrap()
+            .and_then(|u| Group::from_gid(u.gid).unwrap())
+            .map(|g| g.name)
+            .unwrap_or_else(|| "nogroup".to_owned());
+        for (name, access) in [
+            ("for-nobody", "users = [\"nobody\"]".to_owned()),
+            ("for-nogroup", format!("groups = [\"{nogroup}\"]")),
+        ] {
+            env.append_app(name, &format!("[access]\n{access}\n"));
         }
-        assert!(out.status.success(), "{name}: {out:?}");
-        assert!(!out.stdout.is_empty());
-        // Root is not implied once [access] exists.
-        assert_eq!(
-            daemon.get(&format!("/v1/apps/{name}/token")).await.0,
-            403,
-            "{name}"
+        let daemon = env.daemon().await;
+        // Root may not list the two [access] apps; wait on the one it may read, then on the
+        // others through `nobody`.
+        daemon.wait_state("default", "ready", 10).await;
+        let out = as_nobody(&daemon.socket, &["token", "default"]).await;
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("may not read"));
+        for name in ["for-nobody", "for-nogroup"] {
+            let mut out = as_nobody(&daemon.socket, &["token", name]).await;
+            for _ in 0..100 {
+                if out.status.success() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                out = as_nobody(&daemon.socket, &["token", name]).await;
+            }
+            assert!(out.status.success(), "{name}: {out:?}");
+            assert!(!out.stdout.is_empty());
+            // Root is not implied once [access] exists.
+            assert_eq!(
+                daemon.get(&format!("/v1/apps/{name}/token")).await.0,
+                403,
+                "{name}"
+            );
+        }
+        // nobody's app list is what it may read.
+        let out = as_nobody(&daemon.socket, &["status", "--format", "json"]).await;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let text = status.to_string();
+        assert!(
+            text.contains("for-nobody") && text.contains("for-nogroup"),
+            "{text}"
         );
+        assert!(!text.contains("\"default\""), "{text}");
     }
-    // nobody's app list is what it may read.
-    let out = as_nobody(&daemon.socket, &["status", "--format", "json"])
-        .await
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let text = status.to_string();
-    assert!(
-        text.contains("for-nobody") && text.contains("for-nogroup"),
-        "{text}"
-    );
-    assert!(!text.contains("\"default\""), "{text}");
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use iamtokend::sim::{Call, Fault};
+use iamtokend::sim::Fault;
 
 use crate::support::{client_id, Daemon, TestEnv};
 
@@ -19,25 +19,13 @@ fn raw_token(body: &str) -> Fault {
     }
 }
 
-fn calls_of(env: &TestEnv, app: &str) -> Vec<Call> {
-    let id = client_id(app);
-    env.sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.client_id.as_deref() == Some(id.as_str()))
-        .collect()
-}
-
 /// A jwt-bearer app whose calls time out after `read_timeout`.
 fn jwt_app_with_timeouts(env: &TestEnv, name: &str, read_timeout: &str) {
     env.jwt_app(name);
-    let path = env.path(&format!("apps.d/{name}.toml"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        format!("{text}[aws]\nconnect_timeout = \"1s\"\nread_timeout = \"{read_timeout}\"\n"),
-    )
-    .unwrap();
+    env.append_app(
+        name,
+        &format!("[aws]\nconnect_timeout = \"1s\"\nread_timeout = \"{read_timeout}\"\n"),
+    );
 }
 
 /// Each transient fault is retried with backoff and the app reaches `ready`; exactly one
@@ -103,7 +91,7 @@ async fn transient_faults_are_retried_until_ready() {
             body["expires_in"].as_u64().unwrap() > 3000,
             "{name}: {body}"
         );
-        let calls = calls_of(&env, name);
+        let calls = env.calls_for(name);
         assert_eq!(
             calls.len(),
             faults.len() + 1,
@@ -112,7 +100,7 @@ async fn transient_faults_are_retried_until_ready() {
     }
     // The hang was cut at the configured 1 s read timeout, not the 4 s the upstream took:
     // its retry was answered while the simulator was still sitting on the first call.
-    let hang = calls_of(&env, "hang");
+    let hang = env.calls_for("hang");
     assert_eq!(hang[1].status, 200);
     let logs = daemon.logs();
     assert!(logs.contains("timeout"), "the timeout is logged");
@@ -158,7 +146,7 @@ async fn persistent_faults_back_off_without_a_hot_loop() {
         }
         // Backoff 0.5-1 s, 1-2 s, 2-4 s...: at most 4 calls in 4 s (a hot loop makes hundreds;
         // a hang spends 1 s per call on top).
-        let n = calls_of(&env, name).len();
+        let n = env.calls_for(name).len();
         assert!((1..=4).contains(&n), "{name}: {n} calls in 4 s");
     }
 }
@@ -186,7 +174,7 @@ async fn an_absurd_lifetime_is_clamped() {
     // min_ttl above what is left forces a refresh, which the simulator answers normally.
     let (status, body) = daemon.get("/v1/apps/huge/token?min_ttl=31536000").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(calls_of(&env, "huge").len(), 2);
+    assert_eq!(env.calls_for("huge").len(), 2);
 }
 
 /// `invalid_grant` for a refresh-token app whose tokens were revoked: `needs_login`, the
@@ -205,11 +193,11 @@ async fn a_revoked_refresh_token_needs_login_and_stops_calling() {
     // Still valid: served (CONTRACT §4: the last good token until it actually expires).
     let (status, _) = daemon.get("/v1/apps/reports/token").await;
     assert_eq!(status, 200);
-    let before = calls_of(&env, "reports").len();
+    let before = env.calls_for("reports").len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = daemon.get("/v1/apps/reports/token").await;
     assert_eq!(
-        calls_of(&env, "reports").len(),
+        env.calls_for("reports").len(),
         before,
         "no calls while needs_login"
     );
@@ -242,7 +230,7 @@ async fn an_expired_token_is_never_served_during_an_outage() {
     }
     assert!(saw_expired, "the 3 s token ran out during the outage");
     assert_eq!(daemon.app("short").await["state"], "expired");
-    assert!(calls_of(&env, "short").len() < 10);
+    assert!(env.calls_for("short").len() < 10);
     drop::<Daemon>(daemon);
 }
 
@@ -257,13 +245,10 @@ async fn ca_bundle_client_and_proxy_environment() {
     env.jwt_app("bundled");
     let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/config/valid/full/apps/intercept-ca.pem");
-    let path = env.path("apps.d/bundled.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        format!("{text}[aws]\nca_bundle = \"{}\"\n", bundle.display()),
-    )
-    .unwrap();
+    env.append_app(
+        "bundled",
+        &format!("[aws]\nca_bundle = \"{}\"\n", bundle.display()),
+    );
 
     // A proxy nobody listens on: every call fails to connect, the apps keep retrying.
     let dead_proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -276,7 +261,7 @@ async fn ca_bundle_client_and_proxy_environment() {
         let row = daemon.wait_state(name, "failing", 10).await;
         assert_eq!(row["last_error"]["code"], "connection_failed", "{row}");
         assert!(
-            calls_of(&env, name).is_empty(),
+            env.calls_for(name).is_empty(),
             "{name} went around the proxy"
         );
     }

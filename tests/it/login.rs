@@ -5,9 +5,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
+use crate::support::raw_http;
 use crate::support::{bin, client_id, Daemon, TestEnv};
 
 /// A free loopback port for a redirect URI.
@@ -23,25 +24,14 @@ fn free_port() -> u16 {
 async fn http_get(url: &str) -> (u16, Option<String>, String) {
     let url = url::Url::parse(url).unwrap();
     let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let target = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
     };
-    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let location = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("location: ")
-                .or(l.strip_prefix("Location: "))
-        })
-        .map(str::to_owned);
-    (status, location, body.to_owned())
+    let answer = raw_http::get(stream, &addr, &target).await;
+    let location = answer.header("location").map(str::to_owned);
+    (answer.status, location, answer.body)
 }
 
 struct Login {

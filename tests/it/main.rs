@@ -1,40 +1,44 @@
 //! Integration tests: the real `iamtokend` binary on a temporary socket against the in-repo
 //! simulator (which verifies every request's SigV4 signature and body).
 //!
-//! - `grants`: each grant reaches ready and serves the simulator's token; assertion re-read.
-//! - `refresh`: refresh before expiry, never an expired token, single flight, recovery,
-//!   slow_down, bad signatures.
-//! - `socket_api`: routes, the error envelope and codes.
-//! - `cli`: client subcommands, output and exit codes; check-config.
-//! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
-//! - `lifecycle`: token-exchange chains, needs_login, a dependant without a subject token.
-//! - `login`: `iamtokend login` end to end (PKCE, state, timeout, errors), the test as browser.
-//! - `reload`: SIGHUP adds, removes, changes apps; a broken config is rejected whole.
-//! - `redaction`: planted canary secrets never reach the logs.
-//! - `systemd`: sd_notify messages in order, socket activation, a second SIGTERM.
-//! - `metrics`: `/metrics` parses, names follow conventions, counters move, no secret in it.
-//! - `faults`: upstream 500s, resets, hangs past the timeout, garbled and absurd answers,
-//!   slow_down, invalid_grant: the end state, the answer, and no hot loop.
-//! - `hostile`: garbage, HTTP/0.9, floods, slow and silent clients, connection limits.
-//! - `soak`: concurrent clients while 5-second tokens rotate (reduced here; full: bench/soak.sh).
-//! - `access`: per-app `[access]` from peer credentials (403, filtered `/v1/apps`).
+//! Ignored tests, and who runs them: `soak::soak_full` (60 s) is run by `bench/soak.sh`;
+//! tests that switch users live in a module `as_root`, are `#[ignore = "needs root"]`, and
+//! `.ci/run` (as root) runs them with `cargo test --test it -- --ignored as_root::`.
 
+// The temporary config tree, the simulator, the daemon handle, and raw HTTP on a socket.
 mod support;
 
+// Per-app `[access]` from peer credentials: 403, a filtered `/v1/apps`, a second uid as root.
 mod access;
+// Client subcommands, their output and exit codes; `check-config` against the fixtures.
 mod cli;
+// Role credentials: `/credentials`, `credential-process` under the AWS SDK, caching, refresh.
 mod credentials;
+// Upstream 500s, resets, hangs, garbled and absurd answers: the end state, no hot loop.
 mod faults;
+// Each grant reaches ready and serves the simulator's token; the assertion is re-read.
 mod grants;
+// Garbage, HTTP/0.9, floods, slow and silent clients, connection limits.
 mod hostile;
+// Token-exchange chains, needs_login, a dependant without a subject token.
 mod lifecycle;
+// `iamtokend login` end to end (PKCE, state, timeout, errors), the test as the browser.
 mod login;
+// `/metrics` parses, names follow conventions, counters move, no secret in it.
 mod metrics;
+// SIGTERM, stale and live sockets, the socket mode, `serve --dev`.
 mod process;
+// Planted canary secrets never reach logs, errors or status; no core dumps.
 mod redaction;
+// Refresh before expiry, never an expired token, single flight, recovery, slow_down, SigV4.
 mod refresh;
+// SIGHUP adds, removes and changes apps; a broken config is rejected whole.
 mod reload;
+// Concurrent clients while 5-second tokens rotate (reduced here; full: bench/soak.sh).
 mod soak;
+// Routes, the error envelope and its codes, login body errors.
 mod socket_api;
+// The state dir: rotated refresh tokens survive restarts and SIGKILL; damaged files aside.
 mod state;
+// sd_notify messages in order, socket activation, a second SIGTERM, reload notifications.
 mod systemd;

@@ -3,11 +3,10 @@
 //! STS calls, and no label value (nor anything else in the text) carries a secret.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use iamtokend::sim::Fault;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::raw_http::get_on_socket;
 use crate::support::{client_id, Daemon, TestEnv};
 
 /// One sample line: `name{labels} value`.
@@ -176,30 +175,11 @@ impl Exposition {
     }
 }
 
-/// `GET path` over the socket, raw: (status, content type, body text).
-async fn raw_get(socket: &Path, path: &str) -> (u16, String, String) {
-    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8(answer).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
-}
-
 async fn scrape(daemon: &Daemon) -> (String, Exposition) {
-    let (status, content_type, body) = raw_get(&daemon.socket, "/metrics").await;
-    assert_eq!(status, 200, "{body}");
+    let answer = get_on_socket(&daemon.socket, "/metrics").await;
+    let body = answer.body.clone();
+    assert_eq!(answer.status, 200, "{body}");
+    let content_type = answer.header("content-type").unwrap_or_default();
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
@@ -475,7 +455,9 @@ async fn no_secret_reaches_the_exposition() {
     assert_eq!(body["access_token"], canary_token, "the canary was served");
     let (status, _) = daemon.get(&format!("/v1/apps/{canary_token}/token")).await;
     assert_eq!(status, 404);
-    let (status, _, _) = raw_get(&daemon.socket, &format!("/{canary_token}")).await;
+    let status = get_on_socket(&daemon.socket, &format!("/{canary_token}"))
+        .await
+        .status;
     assert_eq!(status, 404);
 
     let mut canaries: BTreeSet<String> = [

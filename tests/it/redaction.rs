@@ -13,6 +13,22 @@ use crate::support::{client_id, TestEnv};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/CanaryTIP";
 
+/// The soft and hard core file size limits of process `pid`, and the `/proc/PID/limits` line
+/// they were read from.
+fn core_limits(pid: u32) -> (Vec<String>, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .to_owned();
+    let soft_hard = core.split_whitespace().collect::<Vec<_>>()[4..6]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    (soft_hard, core)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_secrets_never_reach_logs_errors_or_status() {
     let env = TestEnv::new(3600).await;
@@ -188,16 +204,8 @@ async fn canary_secrets_never_reach_logs_errors_or_status() {
             && logs.contains("core_limit_zero=true"),
         "{logs}"
     );
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap();
-    assert_eq!(
-        core.split_whitespace().collect::<Vec<_>>()[4..6],
-        ["0", "0"],
-        "{core}"
-    );
+    let (limits, core) = core_limits(daemon.pid() as u32);
+    assert_eq!(limits, ["0", "0"], "{core}");
 }
 
 /// The one-shot commands that hold secrets harden themselves too: caught mid-request (the
@@ -223,16 +231,8 @@ async fn one_shot_commands_disable_core_dumps() {
                 .expect("the client connects")
                 .unwrap();
         let pid = child.id().unwrap();
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        let core = limits
-            .lines()
-            .find(|l| l.starts_with("Max core file size"))
-            .unwrap();
-        assert_eq!(
-            core.split_whitespace().collect::<Vec<_>>()[4..6],
-            ["0", "0"],
-            "{args:?}: {core}"
-        );
+        let (limits, core) = core_limits(pid);
+        assert_eq!(limits, ["0", "0"], "{args:?}: {core}");
         child.kill().await.unwrap();
     }
 }

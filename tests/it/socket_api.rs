@@ -1,7 +1,7 @@
 //! The socket API of CONTRACT §5: routes, the error envelope, codes.
 
+use crate::support::raw_http::raw;
 use crate::support::TestEnv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, code: &str) {
     assert_eq!(status, want_status, "{body}");
@@ -87,17 +87,7 @@ async fn login_body_errors_and_garbage_bytes_get_clean_answers() {
         b"GET /v1/health HTTP/9.9\r\n\r\n",
         b"GET\r\n\r\n",
     ] {
-        let mut stream = tokio::net::UnixStream::connect(&daemon.socket)
-            .await
-            .unwrap();
-        stream.write_all(garbage).await.unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read_to_end(&mut answer),
-        )
-        .await;
-        let text = String::from_utf8_lossy(&answer);
+        let text = raw(&daemon.socket, garbage).await;
         assert!(
             text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.0 4"),
             "{text}"

@@ -25,6 +25,18 @@ fn app_dumping_child_env(env: &TestEnv, name: &str, env_file: &Path) {
     );
 }
 
+/// No line of the environment `app_dumping_child_env` wrote to `env_file` starts with one of
+/// `vars` (each given as `NAME=`).
+fn assert_not_inherited(env_file: &Path, vars: &[&str]) {
+    let inherited = std::fs::read_to_string(env_file).expect("assertion_command ran");
+    for var in vars {
+        assert!(
+            !inherited.lines().any(|l| l.starts_with(var)),
+            "child inherited {var}"
+        );
+    }
+}
+
 /// The next datagram (≤ 10 s), or a panic naming what was expected.
 async fn next_message(socket: &UnixDatagram, waiting_for: &str, daemon: &Daemon) -> String {
     let mut buf = vec![0u8; 4096];
@@ -71,16 +83,6 @@ async fn wait_exit(daemon: Daemon) -> std::process::ExitStatus {
     tokio::task::spawn_blocking(move || daemon.wait_exit())
         .await
         .unwrap()
-}
-
-async fn wait_for_log(daemon: &Daemon, text: &str) {
-    for _ in 0..200 {
-        if daemon.logs().contains(text) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("log never said {text:?}:\n{}", daemon.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,13 +151,10 @@ async fn notify_socket_gets_ready_watchdog_status_and_stopping_in_order() {
     );
 
     // The daemon's children do not inherit the notification variables.
-    let inherited = std::fs::read_to_string(&child_env).expect("assertion_command ran");
-    for var in ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="] {
-        assert!(
-            !inherited.lines().any(|l| l.starts_with(var)),
-            "child inherited {var}"
-        );
-    }
+    assert_not_inherited(
+        &child_env,
+        &["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,13 +211,10 @@ async fn serves_on_the_socket_systemd_socket_activate_passes_and_leaves_it() {
     // The socket belongs to whoever passed it: still there after the daemon exits.
     assert!(passed.exists(), "the passed socket file was removed");
 
-    let inherited = std::fs::read_to_string(&child_env).expect("assertion_command ran");
-    for var in ["LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="] {
-        assert!(
-            !inherited.lines().any(|l| l.starts_with(var)),
-            "child inherited {var}"
-        );
-    }
+    assert_not_inherited(
+        &child_env,
+        &["LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +234,7 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     daemon.wait_state("analytics", "refreshing", 10).await;
 
     daemon.signal(libc::SIGTERM);
-    wait_for_log(&daemon, "shutting down").await;
+    daemon.wait_log("shutting down", 1, 10).await;
     assert!(!in_flight.is_finished());
     daemon.signal(libc::SIGTERM);
     let socket = daemon.socket.clone();

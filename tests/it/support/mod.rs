@@ -1,7 +1,9 @@
 //! Test support: a temporary config tree, the simulator, and the real `iamtokend` binary
-//! started on a temporary socket.
+//! started on a temporary socket; `raw_http` for requests written by hand on a raw stream.
 
 #![allow(dead_code)]
+
+pub mod raw_http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -141,6 +143,13 @@ impl TestEnv {
             format!("{}{body}", self.common(name)),
         )
         .unwrap();
+    }
+
+    /// Appends `extra` TOML (e.g. an `[access]` or `[aws]` table) to app `name`'s file.
+    pub fn append_app(&self, name: &str, extra: &str) {
+        let path = self.path(&format!("apps.d/{name}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{extra}")).unwrap();
     }
 
     /// A jwt-bearer app reading `NAME.jwt` (written with `assertion(NAME)`).
