@@ -1,6 +1,6 @@
 //! The typed configuration: what the rest of the crate sees once a config has been
 //! validated. No `Option` stands for "not validated yet"; every default is already applied.
-//! Built only by `config::load` (see `validate.rs`).
+//! Built only by `config::load` (the checks are in `main_file.rs`, `apps.rs` and `grant.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
