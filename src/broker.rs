@@ -61,7 +61,7 @@ impl Broker {
             store,
             metrics: Arc::new(Metrics::new()),
         };
-        let order = dependency_order(&config);
+        let order = config.start_order();
         let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
@@ -117,7 +117,7 @@ impl Broker {
                 report.removed.push(name);
             }
         }
-        let order = dependency_order(&new);
+        let order = new.start_order();
         let mut apps = std::mem::take(&mut new.apps);
         for name in order {
             let Some(app) = apps.remove(&name) else {
@@ -288,39 +288,6 @@ pub fn policy_of(config: &Config) -> Policy {
         min_lead: config.refresh.min_lead,
         max_backoff: config.refresh.max_backoff,
     }
-}
-
-/// App names with every token-exchange app after its subject. The config loader has already
-/// rejected cycles and dangling subjects; anything left over is appended, never dropped.
-pub fn dependency_order(config: &Config) -> Vec<String> {
-    let mut order: Vec<String> = Vec::with_capacity(config.apps.len());
-    let mut placed = std::collections::BTreeSet::new();
-    let mut progress = true;
-    while progress && order.len() < config.apps.len() {
-        progress = false;
-        for (name, app) in &config.apps {
-            if placed.contains(name) {
-                continue;
-            }
-            let ready = match &app.grant {
-                Grant::TokenExchange { subject_app, .. } => {
-                    placed.contains(subject_app) || !config.apps.contains_key(subject_app)
-                }
-                _ => true,
-            };
-            if ready {
-                placed.insert(name.clone());
-                order.push(name.clone());
-                progress = true;
-            }
-        }
-    }
-    for name in config.apps.keys() {
-        if !placed.contains(name) {
-            order.push(name.clone());
-        }
-    }
-    order
 }
 
 /// Hands the heap's free pages back to the kernel (glibc keeps them otherwise). Called after

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{print_stdout, Failure};
 use crate::cli::FetchFormat;
-use crate::config::{Config, Grant, LogFormat};
+use crate::config::{Config, Grant, GrantKind, LogFormat};
 use crate::grant::{read_assertion, read_secret_file};
 use crate::secret::Secret;
 use crate::upstream::oidc::Upstreams;
@@ -63,7 +63,8 @@ fn one_shot<'a>(config: &'a Config, upstreams: &'a Upstreams, app: &'a str) -> F
             },
             Grant::AuthorizationCode { .. } => {
                 return Err(Failure::failed(format!(
-                    "{app} uses the authorization-code grant, which needs a browser: run `iamtokend login {app}` against the daemon"
+                    "{app} uses the {} grant, which needs a browser: run `iamtokend login {app}` against the daemon",
+                    GrantKind::AuthorizationCode
                 )))
             }
         };

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::clients::app_path;
 use super::{daemon_failure, Failure};
 use crate::client::SocketClient;
-use crate::config::Grant;
+use crate::config::{Grant, GrantKind};
 use crate::login::{authorize_url, open_browser, AuthorizeRequest, Listener};
 
 /// `login` flags.
@@ -47,7 +47,8 @@ pub async fn run(
         .ok_or_else(|| Failure::failed(format!("no app {app} in {}", config.apps_dir.display())))?;
     let Grant::AuthorizationCode { redirect_uri } = &settings.grant else {
         return Err(Failure::failed(format!(
-            "app {app} does not use the authorization-code grant; login is only for those"
+            "app {app} does not use the {} grant; login is only for those",
+            GrantKind::AuthorizationCode
         )));
     };
     // The daemon first: a login it cannot take is not worth the user's time in a browser.

@@ -1,26 +1,54 @@
 //! Configuration: the main `iamtokend.toml` plus one `apps.d/NAME.toml` per application
 //! (CONTRACT §3), loaded into the typed [`Config`] the rest of the crate codes against.
 //!
+//! The files are walked through toml's spanned document tree instead of serde structs:
+//! serde stops at the first unknown key or bad value, while a user running `check-config`
+//! wants every problem in one pass. So each table is checked by hand, every problem becomes
+//! a [`Diagnostic`] at its `FILE:LINE:COL`, and the walk goes on with a placeholder so later
+//! keys are still checked (the placeholders never escape: any diagnostic means `Err`). A
+//! TOML syntax error is reported once, at its span, and that file is not checked further.
+//! Messages never quote a configured value that could be a secret (ARNs, URLs, commands):
+//! they name the key and say what was expected.
+//!
 //! # Layout
-//! - `types.rs`: the typed structs; every default already applied, no "not validated yet".
-//! - `validate.rs`: reads the files, walks the spanned TOML trees and turns them into
-//!   `types`, collecting every problem as a [`Diagnostic`] instead of stopping at the first.
+//! - `types.rs`: the typed structs; every default already applied, no "not validated yet";
+//!   [`GrantKind`], the one spelling of the four grant names.
+//! - `cursor.rs`: parsing a file, spans to positions, typed getters that record diagnostics.
+//! - `main_file.rs`: the main file's tables. `apps.rs`: listing and checking the app files
+//!   (`[aws]`, `[role]`, `[access]`); `grant.rs`: one check per grant.
+//! - `subjects.rs`: the `subject_app` graph: its diagnostics and the apps' start order.
+//! - `syntax.rs`: pure checks of values (durations, octal modes, ARNs, regions, URLs).
+//! - `system.rs`: the one seam to the host: the user/group database and `ca_bundle` files.
 //! - `paths.rs`: default locations (config file, socket, state dir) from an injected [`paths::Env`].
 //!
-//! This module owns *reading and judging* the configuration only: it never touches the
-//! files a config names (assertions, refresh tokens are read at grant time), never reads
-//! the process environment except through `paths::Env::from_process`, and depends on no
-//! other module of the crate, so `check-config`, `serve` and a SIGHUP reload share it.
+//! What it touches: the main file and the `*.toml` files of its apps dir, and, through
+//! `system.rs`, the user/group database (NSS) for `[access]` names and the PEM bundles
+//! `ca_bundle` names. It never reads the secrets a config names (assertion and refresh
+//! token files are read at grant time), never reads the process environment except through
+//! `paths::Env::from_process`, and depends on no other module of the crate, so
+//! `check-config`, `serve` and a SIGHUP reload share it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod apps;
+mod cursor;
+mod grant;
+mod main_file;
 pub mod paths;
+mod subjects;
+mod syntax;
+mod system;
+#[cfg(test)]
+mod tests;
 mod types;
-mod validate;
 
+pub use syntax::parse_duration;
 pub use types::*;
-pub use validate::parse_duration;
+
+use cursor::{parse_toml, read_text, FileCx};
+use system::{Host, System};
 
 /// One problem in the configuration.
 ///
@@ -89,9 +117,49 @@ impl std::error::Error for Diagnostics {}
 /// Every [`Diagnostic`] found: an unreadable main file or apps dir, TOML syntax, unknown
 /// keys, bad values, missing keys, and cross-app `subject_app` problems.
 pub fn load(main_file: &Path) -> Result<Config, Diagnostics> {
-    validate::load(main_file).map_err(|mut diags| {
+    load_with(main_file, &Host)
+}
+
+/// [`load`] against `sys` for the user database and the `ca_bundle` files.
+fn load_with(main_file: &Path, sys: &dyn System) -> Result<Config, Diagnostics> {
+    check_all(main_file, sys).map_err(|mut diags| {
         diags.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
         diags.dedup();
         Diagnostics(diags)
+    })
+}
+
+/// The main file, then its apps; the diagnostics unsorted.
+fn check_all(main_file: &Path, sys: &dyn System) -> Result<Config, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let main_dir = main_file.parent().unwrap_or(Path::new("")).to_path_buf();
+
+    let Some(text) = read_text(main_file, &mut diags) else {
+        return Err(diags);
+    };
+    let mut cx = FileCx::new(main_file, &text, &mut diags);
+    let Some(root) = parse_toml(&mut cx, &text) else {
+        return Err(diags);
+    };
+    let main = main_file::check_main(&mut cx, root.get_ref(), &main_dir);
+
+    let mut apps = BTreeMap::new();
+    if let Some(apps_dir) = &main.apps_dir {
+        let app_files = apps::list_app_files(&mut cx, apps_dir, main.apps_dir_span.clone());
+        apps::load_apps(&app_files, sys, &mut diags, &mut apps);
+    }
+
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Config {
+        main_file: main_file.to_path_buf(),
+        // `apps_dir` is only `None` after a diagnostic, so this default is never seen.
+        apps_dir: main.apps_dir.unwrap_or_default(),
+        server: main.server,
+        state: main.state,
+        refresh: main.refresh,
+        log: main.log,
+        apps,
     })
 }

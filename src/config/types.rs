@@ -1,6 +1,6 @@
 //! The typed configuration: what the rest of the crate sees once a config has been
 //! validated. No `Option` stands for "not validated yet"; every default is already applied.
-//! Built only by `config::load` (see `validate.rs`).
+//! Built only by `config::load` (the checks are in `main_file.rs`, `apps.rs` and `grant.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ pub struct AppConfig {
     pub name: String,
     /// The file it came from.
     pub file: PathBuf,
-    /// The application ARN.
+    /// `client_id`: the Identity Center application's ARN.
     pub client_id: String,
     /// The Identity Center instance's region.
     pub region: String,
@@ -91,7 +91,7 @@ pub struct AppConfig {
     pub endpoint_url: Option<String>,
     /// The grant and its grant-specific keys.
     pub grant: Grant,
-    /// `[aws]`.
+    /// `[aws]`, its defaults when absent.
     pub aws: AwsConfig,
     /// `[role]`, when present.
     pub role: Option<RoleConfig>,
@@ -127,14 +127,70 @@ pub enum Grant {
 }
 
 impl Grant {
-    /// The contract's spelling: "authorization-code", "refresh-token", "jwt-bearer", "token-exchange".
-    pub fn kind(&self) -> &'static str {
+    /// Which of the four grants this is.
+    pub fn kind(&self) -> GrantKind {
         match self {
-            Grant::AuthorizationCode { .. } => "authorization-code",
-            Grant::RefreshToken { .. } => "refresh-token",
-            Grant::JwtBearer { .. } => "jwt-bearer",
-            Grant::TokenExchange { .. } => "token-exchange",
+            Grant::AuthorizationCode { .. } => GrantKind::AuthorizationCode,
+            Grant::RefreshToken { .. } => GrantKind::RefreshToken,
+            Grant::JwtBearer { .. } => GrantKind::JwtBearer,
+            Grant::TokenExchange { .. } => GrantKind::TokenExchange,
         }
+    }
+}
+
+/// The four grants by name: `grant = "..."` in an app file, the `grant` field of the socket
+/// API's app rows. This is the one place the contract's spellings are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GrantKind {
+    /// A browser login once (`iamtokend login`), then refresh tokens.
+    AuthorizationCode,
+    /// A refresh token read from a file, then rotated.
+    RefreshToken,
+    /// A JWT assertion from a file or a command, for every token.
+    JwtBearer,
+    /// Another app's token exchanged for this app's.
+    TokenExchange,
+}
+
+impl GrantKind {
+    /// Every grant, in the order messages list them.
+    pub const ALL: [GrantKind; 4] = [
+        GrantKind::AuthorizationCode,
+        GrantKind::RefreshToken,
+        GrantKind::JwtBearer,
+        GrantKind::TokenExchange,
+    ];
+
+    /// The contract's spelling: "authorization-code", "refresh-token", "jwt-bearer", "token-exchange".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::AuthorizationCode => "authorization-code",
+            GrantKind::RefreshToken => "refresh-token",
+            GrantKind::JwtBearer => "jwt-bearer",
+            GrantKind::TokenExchange => "token-exchange",
+        }
+    }
+}
+
+impl std::fmt::Display for GrantKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `grant` value that names none of the four grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownGrant;
+
+impl std::str::FromStr for GrantKind {
+    type Err = UnknownGrant;
+
+    /// Exactly one of the [`GrantKind::as_str`] spellings; no case folding.
+    fn from_str(s: &str) -> Result<GrantKind, UnknownGrant> {
+        GrantKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or(UnknownGrant)
     }
 }
 
@@ -238,7 +294,7 @@ pub struct RoleConfig {
 /// (root included only if listed); see `server::peer` for the check.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AccessConfig {
-    /// Numeric uids.
+    /// Numeric uids, taken as written (no look-up).
     pub uids: Vec<u32>,
     /// User names, resolved to uids when the config was loaded.
     pub users: Vec<Principal>,

@@ -302,7 +302,7 @@ async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
         let snap = app.snapshot();
         apps.push(json!({
             "name": app.name(),
-            "grant": app.config.grant.kind(),
+            "grant": app.config.grant.kind().as_str(),
             "state": snap.effective_state(now).as_str(),
             "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
             "next_refresh_at": snap.next_refresh_at.map(rfc3339),
