@@ -1,5 +1,5 @@
 //! The owner task of one app: it alone calls upstream for its app, holds the refresh token,
-//! saves it, and publishes a [`Snapshot`] on a `watch` channel. It waits for the first of its
+//! saves it in the state dir (on the blocking pool: the store writes and fsyncs), and publishes a [`Snapshot`] on a `watch` channel. It waits for the first of its
 //! timer, a command, the stop signal, or a replaced subject token; runs one attempt at a time
 //! while still answering commands (refresh requests join the call in flight: single flight);
 //! then [`Owner::apply`] turns the outcome into the next state with the pure
@@ -37,7 +37,7 @@ pub struct Shared {
     /// Counters of upstream calls and refreshes (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// One uniform draw in [0, 1) per attempt, for both jitters: [`uniform_sample`] unless a
-    /// test fixes it ([`Shared::with_sample`]). After a success with draw `s` the next refresh
+    /// test fixes it (`Shared::with_sample`). After a success with draw `s` the next refresh
     /// is `refresh_delay(lifetime, policy, 2s − 1)`: defaults and a 1 h token, s = 0.75 gives
     /// jitter +0.5, so 0.55 × 60 = 33 min; s = 0.5 gives exactly `at`, 30 min. After the n-th
     /// failure in a row the wait is `backoff(n, max_backoff, s)`: s = 0 gives the shortest
