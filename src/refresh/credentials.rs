@@ -30,7 +30,7 @@ pub const MIN_SERVED_TTL: Duration = Duration::from_secs(20 * 60);
 /// Cached role credentials.
 #[derive(Debug)]
 pub struct Credentials {
-    /// The credentials.
+    /// The STS answer: keys, session token and wall-clock expiration.
     pub role: RoleCredentials,
     /// Monotonic expiry.
     pub expires_at: Instant,

@@ -26,7 +26,7 @@ use crate::upstream::TokenIssuer;
 /// What every owner shares.
 #[derive(Clone)]
 pub struct Shared {
-    /// The clock.
+    /// The clock every owner reads time from (tokio's: paused in tests).
     pub clock: Clock,
     /// `[refresh]` timing, as the last (re)load set it.
     pub policy: LivePolicy,
