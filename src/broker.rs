@@ -11,8 +11,8 @@ use crate::clock::Clock;
 use crate::config::{Config, Grant};
 use crate::metrics::Metrics;
 use crate::refresh::credentials::CredentialCache;
+use crate::refresh::owner::Shared;
 use crate::refresh::policy::{LivePolicy, Policy};
-use crate::refresh::scheduler::Shared;
 use crate::refresh::state::AppState;
 use crate::refresh::AppHandle;
 use crate::store::Store;
@@ -54,13 +54,13 @@ impl Broker {
         clock: Clock,
         store: Option<Arc<Store>>,
     ) -> Broker {
-        let shared = Shared {
+        let shared = Shared::new(
             clock,
-            policy: LivePolicy::new(policy_of(&config)),
-            permits: Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
+            LivePolicy::new(policy_of(&config)),
+            Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
             store,
-            metrics: Arc::new(Metrics::new()),
-        };
+            Arc::new(Metrics::new()),
+        );
         let order = config.start_order();
         let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
@@ -111,8 +111,9 @@ impl Broker {
                 if let Some(handle) = handle {
                     handle.stop().await;
                 }
-                if let Some(store) = &self.shared.store {
-                    store.remove(&name);
+                if let Some(store) = self.shared.store.clone() {
+                    let app = name.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.remove(&app)).await;
                 }
                 report.removed.push(name);
             }
@@ -166,11 +167,18 @@ impl Broker {
             .wall_now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let saved = self
-            .shared
-            .store
-            .as_ref()
-            .and_then(|s| s.load(&app.name, &app.client_id, wall_secs));
+        // Off the async workers: a read, and a rename when the file is damaged.
+        let saved = match self.shared.store.clone() {
+            Some(store) => {
+                let for_load = app.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.load(&for_load.name, &for_load.client_id, wall_secs)
+                })
+                .await
+                .unwrap_or(None)
+            }
+            None => None,
+        };
         let mut handle = AppHandle::spawn(app.clone(), issuer, subject, self.shared.clone(), saved);
         if let Some(assumer) = self.upstreams.role_assumer(&app).await {
             handle = handle.with_credentials(CredentialCache::new(

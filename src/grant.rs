@@ -1,14 +1,18 @@
-//! Reading a grant's inputs right before each call: the jwt-bearer assertion (file or command)
-//! and the refresh-token file. Errors name the source, never its contents.
+//! A grant's request, built right before each call from its inputs read anew: the jwt-bearer
+//! assertion (file or command), the refresh-token file, the subject token. [`request`] is the
+//! one place the request of each configured grant is made; the owner task and `fetch` share
+//! it. Errors name the source, never its contents. Also reads the claims of an idToken.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::config::AssertionSource;
+use crate::config::{AssertionSource, Grant};
 use crate::secret::Secret;
+use crate::upstream::GrantRequest;
 
 /// How long an `assertion_command` may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +34,62 @@ impl SourceError {
     fn new(code: &'static str, message: String) -> SourceError {
         SourceError { code, message }
     }
+}
+
+/// Why a grant's request could not be built. `E` is the subject-token source's error.
+#[derive(Debug)]
+pub(crate) enum RequestError<E> {
+    /// An input could not be read.
+    Source(SourceError),
+    /// A token-exchange app's subject token could not be had.
+    Subject(E),
+    /// The authorization-code grant: its code comes only from a login.
+    NeedsLogin,
+    /// `refresh_token_file` still holds the refresh token that was just refused.
+    RefusedAgain(PathBuf),
+}
+
+/// The request of the configured `grant`, its inputs read now. `refused` is a refresh token
+/// upstream has just refused (a `refresh_token_file` holding that same token is no use);
+/// `subject_token` gets a token-exchange app its subject's access token (the owner waits for
+/// the subject app's owner, `fetch` runs the subject's grant).
+pub(crate) async fn request<'a, E, F, Fut>(
+    grant: &'a Grant,
+    refused: Option<&Secret>,
+    subject_token: F,
+) -> Result<GrantRequest, RequestError<E>>
+where
+    F: FnOnce(&'a str) -> Fut,
+    Fut: Future<Output = Result<Secret, E>>,
+{
+    Ok(match grant {
+        Grant::JwtBearer { assertion } => GrantRequest::JwtBearer {
+            assertion: read_assertion(assertion)
+                .await
+                .map_err(RequestError::Source)?,
+        },
+        Grant::TokenExchange {
+            subject_app,
+            requested_token_type,
+        } => GrantRequest::TokenExchange {
+            subject_token: subject_token(subject_app)
+                .await
+                .map_err(RequestError::Subject)?,
+            requested_token_type: requested_token_type.urn(),
+        },
+        Grant::RefreshToken { refresh_token_file } => {
+            let from_file = read_secret_file(refresh_token_file, "refresh_token_file")
+                .await
+                .map_err(RequestError::Source)?;
+            if refused == Some(&from_file) {
+                return Err(RequestError::RefusedAgain(refresh_token_file.clone()));
+            }
+            GrantRequest::RefreshToken {
+                refresh_token: from_file,
+            }
+        }
+        Grant::AuthorizationCode { .. } => return Err(RequestError::NeedsLogin),
+    })
 }
 
 /// Reads the jwt-bearer assertion anew.

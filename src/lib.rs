@@ -4,8 +4,11 @@
 //! - [`config`]: TOML main file + `apps.d/*.toml` → validated [`config::Config`]; default paths.
 //! - [`upstream`]: `CreateTokenWithIAM` (and STS) behind small traits; SDK errors →
 //!   [`upstream::UpstreamError`], named for what the caller does next.
-//! - [`grant`]: reading grant inputs (assertion file/command, refresh-token file).
-//! - [`refresh`]: pure timing policy, app states, and the per-app owner task (single flight).
+//! - [`grant`]: each grant's request, its inputs read anew (assertion file/command,
+//!   refresh-token file, subject token); shared by the owner task and `fetch`.
+//! - [`refresh`]: the handle callers hold, the per-app owner task (single flight) and one
+//!   attempt of a grant, with the next step a pure function (`state.rs`, `policy.rs`); role
+//!   credentials.
 //! - [`broker`]: the running apps, started in dependency order; SIGHUP reload.
 //! - [`login`]: the browser half of `iamtokend login` (authorize URL, loopback listener).
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.

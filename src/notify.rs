@@ -538,7 +538,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dead_owner_task_stops_the_pings() {
         use crate::config::{AppConfig, AssertionSource, AwsConfig, Grant};
-        use crate::refresh::scheduler::Shared;
+        use crate::refresh::owner::Shared;
         use crate::refresh::AppHandle;
         use crate::upstream::{BoxFuture, GrantRequest, IssuedToken, TokenIssuer, UpstreamError};
 
@@ -584,18 +584,18 @@ mod tests {
             role: None,
             access: None,
         });
-        let shared = Shared {
-            clock: crate::clock::Clock::system(),
-            policy: crate::refresh::policy::LivePolicy::new(crate::refresh::policy::Policy {
+        let shared = Shared::new(
+            crate::clock::Clock::system(),
+            crate::refresh::policy::LivePolicy::new(crate::refresh::policy::Policy {
                 at: 0.5,
                 jitter: 0.0,
                 min_lead: Duration::from_secs(300),
                 max_backoff: Duration::from_secs(300),
             }),
-            permits: Arc::new(tokio::sync::Semaphore::new(8)),
-            store: None,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-        };
+            Arc::new(tokio::sync::Semaphore::new(8)),
+            None,
+            Arc::new(crate::metrics::Metrics::new()),
+        );
         let handle = Arc::new(AppHandle::spawn(
             app,
             Arc::new(Issuer(AtomicUsize::new(0))),

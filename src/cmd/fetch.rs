@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 
 use super::{print_stdout, Failure};
 use crate::cli::FetchFormat;
-use crate::config::{Config, Grant, GrantKind, LogFormat};
-use crate::grant::{read_assertion, read_secret_file};
+use crate::config::{Config, GrantKind, LogFormat};
+use crate::grant::{request, RequestError};
 use crate::secret::Secret;
 use crate::upstream::oidc::Upstreams;
-use crate::upstream::{GrantRequest, IssuedToken};
+use crate::upstream::IssuedToken;
 
 /// Runs `fetch`.
 pub async fn run(
@@ -44,24 +44,20 @@ fn one_shot<'a>(config: &'a Config, upstreams: &'a Upstreams, app: &'a str) -> F
             .apps
             .get(app)
             .ok_or_else(|| Failure::failed(format!("no app named {app:?} in the config")))?;
-        let source = |e: crate::grant::SourceError| Failure::failed(e.message);
-        let grant = match &settings.grant {
-            Grant::JwtBearer { assertion } => GrantRequest::JwtBearer {
-                assertion: read_assertion(assertion).await.map_err(source)?,
-            },
-            Grant::RefreshToken { refresh_token_file } => GrantRequest::RefreshToken {
-                refresh_token: read_secret_file(refresh_token_file, "refresh_token_file")
-                    .await
-                    .map_err(source)?,
-            },
-            Grant::TokenExchange {
-                subject_app,
-                requested_token_type,
-            } => GrantRequest::TokenExchange {
-                subject_token: one_shot(config, upstreams, subject_app).await?.access_token,
-                requested_token_type: requested_token_type.urn(),
-            },
-            Grant::AuthorizationCode { .. } => {
+        let subject_token = |subject_app| async move {
+            Ok::<_, Failure>(one_shot(config, upstreams, subject_app).await?.access_token)
+        };
+        let grant = match request(&settings.grant, None, subject_token).await {
+            Ok(grant) => grant,
+            Err(RequestError::Source(e)) => return Err(Failure::failed(e.message)),
+            Err(RequestError::Subject(failure)) => return Err(failure),
+            Err(RequestError::RefusedAgain(file)) => {
+                return Err(Failure::failed(format!(
+                    "{app}: the refresh token in {} was refused",
+                    file.display()
+                )))
+            }
+            Err(RequestError::NeedsLogin) => {
                 return Err(Failure::failed(format!(
                     "{app} uses the {} grant, which needs a browser: run `iamtokend login {app}` against the daemon",
                     GrantKind::AuthorizationCode

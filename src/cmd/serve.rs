@@ -103,7 +103,14 @@ pub async fn serve(
 /// whole and the running one stays.
 pub async fn reload(main_file: &Path, broker: &Broker) {
     info!(config = %main_file.display(), "SIGHUP: reloading the config");
-    let config = match crate::config::load(main_file) {
+    // Off the async workers: loading reads every config file, PEM bundles and the user
+    // database (NSS), any of which can block.
+    let file = main_file.to_owned();
+    let Ok(loaded) = tokio::task::spawn_blocking(move || crate::config::load(&file)).await else {
+        error!("reload rejected: loading the config did not finish; the running config stays");
+        return;
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(diagnostics) => {
             for line in diagnostics.to_string().lines() {

@@ -3,8 +3,11 @@
 //!
 //! Credentials are pulled (credential_process asks once per AWS CLI call), so they are fetched
 //! when asked and found due, not on a timer: the async mutex held across the fetch is the
-//! single flight — concurrent callers queue behind it and find the fresh credentials.
+//! single flight — concurrent callers queue behind it and find the fresh credentials. A
+//! failure backs off with the token path's own [`Retry`]. What the cache needs of the token
+//! side is the [`TokenSource`] trait declared here, which the app's handle implements.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +15,8 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::policy::{backoff, refresh_delay, LivePolicy, Policy};
-use super::scheduler::{AppHandle, ServeError};
+use super::error::ServeError;
+use super::policy::{centered, refresh_delay, FailureKind, LivePolicy, Policy, Retry};
 use super::state::Token;
 use crate::clock::Clock;
 use crate::grant::identity_claim;
@@ -27,7 +30,7 @@ pub const MIN_SERVED_TTL: Duration = Duration::from_secs(20 * 60);
 /// Cached role credentials.
 #[derive(Debug)]
 pub struct Credentials {
-    /// The credentials.
+    /// The STS answer: keys, session token and wall-clock expiration.
     pub role: RoleCredentials,
     /// Monotonic expiry.
     pub expires_at: Instant,
@@ -37,10 +40,22 @@ pub struct Credentials {
     identity: Option<String>,
 }
 
+/// What role credentials need of the app's token side: its name and metrics, a valid token,
+/// and a fresh one when STS refuses the context of the one held.
+pub(crate) trait TokenSource: Sync {
+    /// The app's name, for logs, metrics and errors.
+    fn app_name(&self) -> &str;
+    /// The daemon's metrics.
+    fn metrics(&self) -> &crate::metrics::Metrics;
+    /// A valid token (any time left), or why none can be had.
+    fn valid_token(&self) -> impl Future<Output = Result<Arc<Token>, ServeError>> + Send;
+    /// A token from a new upstream call.
+    fn fresh_token(&self) -> impl Future<Output = Result<Arc<Token>, ServeError>> + Send;
+}
+
 struct Cached {
     current: Option<Arc<Credentials>>,
-    failures: u32,
-    retry_at: Option<Instant>,
+    retry: Retry,
     last_error: Option<(String, String)>,
 }
 
@@ -51,6 +66,11 @@ pub struct CredentialCache {
     clock: Clock,
     permits: Arc<Semaphore>,
     cached: Mutex<Cached>,
+    /// A uniform draw in [0, 1) per decision: the refresh jitter of new credentials (as
+    /// `2s − 1`; s = 0.75 and the defaults put a 1 h set's refresh at 0.55 × 60 = 33 min,
+    /// before the 40 min that [`MIN_SERVED_TTL`] allows) and the backoff after a failure
+    /// (first failure: 0.5 s + s × 0.5 s). The global generator unless a test fixes it.
+    sample: fn() -> f64,
 }
 
 impl CredentialCache {
@@ -68,11 +88,17 @@ impl CredentialCache {
             permits,
             cached: Mutex::new(Cached {
                 current: None,
-                failures: 0,
-                retry_at: None,
+                retry: Retry::default(),
                 last_error: None,
             }),
+            sample: super::policy::uniform_sample,
         }
+    }
+
+    /// The same cache with every sample drawn from `sample`.
+    #[cfg(test)]
+    pub(crate) fn with_sample(self, sample: fn() -> f64) -> CredentialCache {
+        CredentialCache { sample, ..self }
     }
 
     /// The live `[refresh]` policy with `min_lead` raised to [`MIN_SERVED_TTL`].
@@ -85,9 +111,9 @@ impl CredentialCache {
     }
 
     /// Credentials for `app`: cached while fresh and of the same identity, else new ones.
-    pub async fn get(&self, app: &AppHandle) -> Result<Arc<Credentials>, ServeError> {
+    pub(crate) async fn get(&self, app: &impl TokenSource) -> Result<Arc<Credentials>, ServeError> {
         let mut cached = self.cached.lock().await;
-        let token = app.token(Duration::ZERO).await?;
+        let token = app.valid_token().await?;
         let identity = identity_of(&token);
         let now = self.clock.now();
         let valid = cached
@@ -99,34 +125,32 @@ impl CredentialCache {
                 return Ok(c.clone());
             }
         }
-        if cached.retry_at.is_some_and(|at| now < at) {
+        if cached.retry.holds_off(now) {
             if valid.is_some() {
-                app.metrics().served_stale(app.name(), "credentials");
+                app.metrics().served_stale(app.app_name(), "credentials");
             }
             return valid.ok_or_else(|| self.unavailable(app, cached.last_error.clone()));
         }
         match self.fetch(app, token).await {
             Ok(fresh) => {
                 cached.current = Some(fresh.clone());
-                cached.failures = 0;
-                cached.retry_at = None;
+                cached.retry = Retry::default();
                 cached.last_error = None;
                 Ok(fresh)
             }
             Err(ServeError::Unavailable { code, message, .. }) => {
-                cached.failures += 1;
-                let wait = backoff(
-                    cached.failures,
-                    self.policy().max_backoff,
-                    rand::random(),
-                    false,
-                );
-                cached.retry_at = Some(now + wait);
-                warn!(app = %app.name(), code = %code, error = %message, retry_in = wait.as_secs_f64(),
+                let max_backoff = self.policy().max_backoff;
+                let sample = (self.sample)();
+                cached.retry =
+                    cached
+                        .retry
+                        .failed(FailureKind::Retryable, max_backoff, now, sample);
+                let wait = cached.retry.until().map_or(Duration::ZERO, |at| at - now);
+                warn!(app = %app.app_name(), code = %code, error = %message, retry_in = wait.as_secs_f64(),
                       serving_last_good = valid.is_some(), "AssumeRole failed");
                 cached.last_error = Some((code, message));
                 if valid.is_some() {
-                    app.metrics().served_stale(app.name(), "credentials");
+                    app.metrics().served_stale(app.app_name(), "credentials");
                 }
                 valid.ok_or_else(|| self.unavailable(app, cached.last_error.clone()))
             }
@@ -134,11 +158,11 @@ impl CredentialCache {
         }
     }
 
-    fn unavailable(&self, app: &AppHandle, last: Option<(String, String)>) -> ServeError {
+    fn unavailable(&self, app: &impl TokenSource, last: Option<(String, String)>) -> ServeError {
         let (code, message) =
             last.unwrap_or_else(|| ("no_credentials".into(), "no credentials yet".into()));
         ServeError::Unavailable {
-            app: app.name().to_owned(),
+            app: app.app_name().to_owned(),
             code,
             message,
         }
@@ -147,13 +171,13 @@ impl CredentialCache {
     /// AssumeRole with the token's context; a refused context gets one fresh token and retry.
     async fn fetch(
         &self,
-        app: &AppHandle,
+        app: &impl TokenSource,
         token: Arc<Token>,
     ) -> Result<Arc<Credentials>, ServeError> {
         let mut token = token;
         for attempt in 0..2 {
             let context = token.identity_context.clone().ok_or_else(|| ServeError::Unavailable {
-                app: app.name().to_owned(),
+                app: app.app_name().to_owned(),
                 code: "no_identity_context".into(),
                 message: "the app's token carries no identity context; the scope sts:identity_context is probably missing from the app's scopes".into(),
             })?;
@@ -163,18 +187,18 @@ impl CredentialCache {
                 let result = self.assumer.assume_role(context).await;
                 let took = self.clock.now().saturating_duration_since(started);
                 app.metrics()
-                    .assume_role_call(app.name(), result.as_ref().map(|_| ()), took);
+                    .assume_role_call(app.app_name(), result.as_ref().map(|_| ()), took);
                 result
             };
             match result {
                 Ok(role) => return Ok(Arc::new(self.cache_entry(app, role, identity_of(&token)))),
                 Err(UpstreamError::InvalidGrant { code, .. }) if attempt == 0 => {
-                    info!(app = %app.name(), code = %code, "context assertion refused; refreshing the token once");
-                    token = app.refresh().await?;
+                    info!(app = %app.app_name(), code = %code, "context assertion refused; refreshing the token once");
+                    token = app.fresh_token().await?;
                 }
                 Err(e) => {
                     return Err(ServeError::Unavailable {
-                        app: app.name().to_owned(),
+                        app: app.app_name().to_owned(),
                         code: e.code().to_owned(),
                         message: e.message().to_owned(),
                     })
@@ -186,15 +210,15 @@ impl CredentialCache {
 
     fn cache_entry(
         &self,
-        app: &AppHandle,
+        app: &impl TokenSource,
         role: RoleCredentials,
         identity: Option<String>,
     ) -> Credentials {
         let now = self.clock.now();
         let expires_at = self.clock.instant_of(role.expiration);
         let lifetime = expires_at.saturating_duration_since(now);
-        let delay = refresh_delay(lifetime, &self.policy(), rand::random::<f64>() * 2.0 - 1.0);
-        info!(app = %app.name(), expires_in = lifetime.as_secs(), next_refresh_in = delay.as_secs(), "role credentials issued");
+        let delay = refresh_delay(lifetime, &self.policy(), centered((self.sample)()));
+        info!(app = %app.app_name(), expires_in = lifetime.as_secs(), next_refresh_in = delay.as_secs(), "role credentials issued");
         Credentials {
             role,
             expires_at,
@@ -227,4 +251,103 @@ pub fn credential_process_json(creds: &Credentials) -> serde_json::Value {
         "SessionToken": creds.role.session_token.expose(),
         "Expiration": crate::clock::rfc3339(creds.role.expiration),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cache against a fake token side and a scripted STS, on tokio's paused clock: the
+    //! trait is all it needs of an app.
+    use super::*;
+    use crate::secret::Secret;
+    use crate::upstream::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Source {
+        token: Arc<Token>,
+        metrics: crate::metrics::Metrics,
+    }
+
+    impl TokenSource for Source {
+        fn app_name(&self) -> &str {
+            "app"
+        }
+        fn metrics(&self) -> &crate::metrics::Metrics {
+            &self.metrics
+        }
+        async fn valid_token(&self) -> Result<Arc<Token>, ServeError> {
+            Ok(self.token.clone())
+        }
+        async fn fresh_token(&self) -> Result<Arc<Token>, ServeError> {
+            Ok(self.token.clone())
+        }
+    }
+
+    /// Fails its first call, then issues one-hour credentials.
+    struct Sts {
+        clock: Clock,
+        calls: AtomicUsize,
+    }
+
+    impl RoleAssumer for Sts {
+        fn assume_role(
+            &self,
+            _context_assertion: Secret,
+        ) -> BoxFuture<'_, Result<RoleCredentials, UpstreamError>> {
+            Box::pin(async move {
+                if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(UpstreamError::transient("server_error", "boom"));
+                }
+                Ok(RoleCredentials {
+                    access_key_id: "ASIA".into(),
+                    secret_access_key: Secret::new("s"),
+                    session_token: Secret::new("t"),
+                    expiration: self.clock.wall_now() + Duration::from_secs(3600),
+                })
+            })
+        }
+    }
+
+    /// Sample 0: the first failure holds off exactly 0.5 s, and new credentials of 1 h are
+    /// refreshed at (0.5 − 0.1) × 3600 = 1440 s (the 20 min floor allows up to 2400 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_backs_off_with_the_shared_retry_then_credentials_are_cached() {
+        let clock = Clock::system();
+        let source = Source {
+            token: Arc::new(Token {
+                access_token: Secret::new("t"),
+                token_type: "Bearer".into(),
+                expires_at: clock.now() + Duration::from_secs(3600),
+                expires_at_wall: clock.wall_now(),
+                scopes: None,
+                issued_token_type: None,
+                id_token: None,
+                identity_context: Some(Secret::new("ctx")),
+                rendered: std::sync::OnceLock::new(),
+            }),
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let sts = Arc::new(Sts {
+            clock,
+            calls: AtomicUsize::new(0),
+        });
+        let cache = CredentialCache::new(
+            sts.clone(),
+            LivePolicy::new(Policy::default()),
+            clock,
+            Arc::new(Semaphore::new(1)),
+        )
+        .with_sample(|| 0.0);
+        let unavailable = |r: Result<Arc<Credentials>, ServeError>| matches!(r, Err(ServeError::Unavailable { ref code, .. }) if code == "server_error");
+        assert!(unavailable(cache.get(&source).await));
+        tokio::time::sleep(Duration::from_millis(499)).await;
+        assert!(unavailable(cache.get(&source).await));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let creds = cache.get(&source).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(creds.refresh_at, clock.now() + Duration::from_secs(1440));
+        let again = cache.get(&source).await.unwrap();
+        assert!(Arc::ptr_eq(&creds, &again));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
 }

@@ -1,7 +1,12 @@
-//! Pure refresh and backoff policy: functions of durations and a random sample, no clock,
-//! no runtime. The scheduler draws the sample and adds the result to its own `now`.
+//! Pure refresh and backoff policy: functions of durations, a `now` handed in and a random
+//! sample, with no clock read and no runtime. [`Retry`] is the one retry state of both the
+//! token path (the owner task) and role credentials; [`uniform_sample`] is the one place the
+//! engine draws randomness, and the owner and the credential cache hold it as an injected
+//! `fn() -> f64` that tests replace.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// First backoff step after a failure; doubles per consecutive failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -105,6 +110,93 @@ pub fn backoff(failures: u32, max_backoff: Duration, sample: f64, throttled: boo
     }
 }
 
+/// How a failure bears on the next call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// Only a login (or a config change, or a forced refresh) can go on: no timer, and the
+    /// failure count stays as it was.
+    NeedsLogin,
+    /// The service asked for less traffic (`slow_down`, throttling): the backoff, doubled.
+    Throttled,
+    /// The app's config is at fault (`invalid_client`, access denied): retried only every
+    /// `max_backoff`, in case the fault is fixed on the service's side.
+    ConfigFault,
+    /// Anything else (a transient upstream error, a refused grant, an unreadable input): the
+    /// plain backoff.
+    Retryable,
+}
+
+/// Consecutive failures and how long they hold off the next call. The owner task keeps one
+/// per app and the credential cache one per app's credentials: the same type, so both back
+/// off alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Retry {
+    /// Failures in a row; 0 after a success.
+    failures: u32,
+    /// No call before this; `None` once a success (or a needed login) ends the backoff.
+    until: Option<Instant>,
+}
+
+impl Retry {
+    /// Failures in a row (what `status` shows as `consecutive_failures`).
+    pub(crate) fn failures(self) -> u32 {
+        self.failures
+    }
+
+    /// When the backoff lets the next call go, if one is scheduled.
+    pub(crate) fn until(self) -> Option<Instant> {
+        self.until
+    }
+
+    /// Whether a call at `now` would cut the backoff short: callers asking harder must not
+    /// defeat it.
+    pub(crate) fn holds_off(self, now: Instant) -> bool {
+        self.until.is_some_and(|at| now < at)
+    }
+
+    /// The retry state after a failure of `kind` at `now`. `sample` is a uniform draw in
+    /// [0, 1) for the backoff jitter (see [`backoff`]).
+    ///
+    /// Worked example, `max_backoff` 5 min, sample 0.5: the first retryable failure holds off
+    /// for 0.75 s, the fourth for 6 s; throttled ones for twice that (1.5 s, 12 s); a config
+    /// fault for the whole 5 min at any count; a needed login sets no timer and counts nothing.
+    pub(crate) fn failed(
+        self,
+        kind: FailureKind,
+        max_backoff: Duration,
+        now: Instant,
+        sample: f64,
+    ) -> Retry {
+        let failures = self.failures.saturating_add(1);
+        let wait = match kind {
+            FailureKind::NeedsLogin => {
+                return Retry {
+                    failures: self.failures,
+                    until: None,
+                }
+            }
+            FailureKind::Throttled => backoff(failures, max_backoff, sample, true),
+            FailureKind::ConfigFault => max_backoff,
+            FailureKind::Retryable => backoff(failures, max_backoff, sample, false),
+        };
+        Retry {
+            failures,
+            until: Some(now + wait),
+        }
+    }
+}
+
+/// A uniform draw in [0, 1): the default of every injected sample function, and the engine's
+/// only use of the global random generator.
+pub(crate) fn uniform_sample() -> f64 {
+    rand::random()
+}
+
+/// Maps a uniform draw in [0, 1) to the refresh jitter's [-1, 1): 0 → -1, 0.5 → 0, 0.75 → 0.5.
+pub(crate) fn centered(sample: f64) -> f64 {
+    sample * 2.0 - 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +281,53 @@ mod tests {
     #[test]
     fn backoff_zero_failures_is_like_one() {
         assert_eq!(backoff(0, S(300), 0.0, false), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn retry_table() {
+        let now = Instant::now();
+        let max = S(300);
+        let after = |failures: u32| Retry {
+            failures,
+            until: None,
+        };
+        let ms = Duration::from_millis;
+        use FailureKind::{ConfigFault, NeedsLogin, Retryable, Throttled};
+        // (before, kind, sample, failures after, hold-off after)
+        let cases = [
+            (after(0), Retryable, 0.5, 1, Some(ms(750))),
+            (after(3), Retryable, 0.5, 4, Some(S(6))),
+            (after(0), Throttled, 0.5, 1, Some(ms(1500))),
+            (after(3), Throttled, 0.5, 4, Some(S(12))),
+            (after(0), ConfigFault, 0.5, 1, Some(S(300))),
+            (after(7), ConfigFault, 0.0, 8, Some(S(300))),
+            (after(0), NeedsLogin, 0.5, 0, None),
+            (after(4), NeedsLogin, 0.5, 4, None),
+            (after(u32::MAX), Retryable, 0.0, u32::MAX, Some(S(150))),
+        ];
+        for (before, kind, sample, failures, wait) in cases {
+            let next = before.failed(kind, max, now, sample);
+            assert_eq!(next.failures(), failures, "{before:?} {kind:?}");
+            assert_eq!(next.until(), wait.map(|w| now + w), "{before:?} {kind:?}");
+        }
+    }
+
+    #[test]
+    fn retry_holds_off_until_its_time_and_a_login_ends_it() {
+        let now = Instant::now();
+        let retry = Retry::default().failed(FailureKind::Retryable, S(300), now, 0.0);
+        assert!(retry.holds_off(now));
+        assert!(retry.holds_off(now + Duration::from_millis(499)));
+        assert!(!retry.holds_off(now + Duration::from_millis(500)));
+        assert!(!Retry::default().holds_off(now));
+        let login = retry.failed(FailureKind::NeedsLogin, S(300), now, 0.0);
+        assert!(!login.holds_off(now));
+    }
+
+    #[test]
+    fn centered_maps_the_unit_interval_onto_the_jitter_range() {
+        assert_eq!(centered(0.0), -1.0);
+        assert_eq!(centered(0.5), 0.0);
+        assert_eq!(centered(0.75), 0.5);
     }
 }

@@ -1,11 +1,13 @@
-//! What an app's owner task publishes: its state, the current token, and the facts `status`
-//! shows. Readers take a `watch` snapshot; they never wait on the owner to read a token.
+//! What an app's owner task publishes (its state, the current token, and the facts `status`
+//! shows), and the pure decision of what comes after an attempt: [`after_attempt`]. Readers
+//! take a `watch` snapshot; they never wait on the owner to read a token.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::policy::{centered, refresh_delay, FailureKind, Policy, Retry};
 use crate::secret::Secret;
 
 /// App states of CONTRACT §4.
@@ -134,6 +136,141 @@ impl Snapshot {
                 AppState::Expired
             }
             (state, _) => state,
+        }
+    }
+}
+
+/// What an attempt came to, as far as what follows depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// A token was issued that lives `lifetime`.
+    Issued {
+        /// The token's `expiresIn`.
+        lifetime: Duration,
+    },
+    /// The attempt failed.
+    Failed(FailureKind),
+}
+
+/// What the owner does after an attempt: the state it publishes, its retry state, and when it
+/// calls upstream next on its own (`None`: only when asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Next {
+    /// The state to publish.
+    pub(crate) state: AppState,
+    /// Failures in a row and the backoff they impose.
+    pub(crate) retry: Retry,
+    /// The owner's own next call.
+    pub(crate) next_attempt: Option<Instant>,
+}
+
+/// The owner's next step after an attempt that ended in `ending` at `now`: a pure function of
+/// the retry state before it, the ending, the token held (the last good one, possibly expired;
+/// not the one just issued), the `[refresh]` policy and one uniform `sample` in [0, 1).
+///
+/// - Issued: `ready`, failures back to 0, next call after [`refresh_delay`] with the sample
+///   [`centered`] for the jitter. Defaults, 1 h token, sample 0.75 (jitter +0.5): 33 min.
+/// - Needs a login: `needs_login`, no timer.
+/// - Any other failure: `failing` while the held token is valid (it is still served) or when
+///   none was ever held, `expired` once the held one has expired; next call after the backoff
+///   of [`Retry::failed`]. Max 5 min, first failure, sample 0.5: 0.75 s.
+pub(crate) fn after_attempt(
+    retry: Retry,
+    ending: Ending,
+    held: Option<&Token>,
+    now: Instant,
+    policy: &Policy,
+    sample: f64,
+) -> Next {
+    let kind = match ending {
+        Ending::Issued { lifetime } => {
+            return Next {
+                state: AppState::Ready,
+                retry: Retry::default(),
+                next_attempt: Some(now + refresh_delay(lifetime, policy, centered(sample))),
+            }
+        }
+        Ending::Failed(kind) => kind,
+    };
+    let retry = retry.failed(kind, policy.max_backoff, now, sample);
+    let state = match (kind, held) {
+        (FailureKind::NeedsLogin, _) => AppState::NeedsLogin,
+        (_, Some(t)) if !t.is_valid_at(now) => AppState::Expired,
+        _ => AppState::Failing,
+    };
+    Next {
+        state,
+        retry,
+        next_attempt: retry.until(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn token(expires_at: Instant) -> Token {
+        Token {
+            access_token: Secret::new("t"),
+            token_type: "Bearer".into(),
+            expires_at,
+            expires_at_wall: SystemTime::UNIX_EPOCH,
+            scopes: None,
+            issued_token_type: None,
+            id_token: None,
+            identity_context: None,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn after_attempt_table() {
+        let now = Instant::now();
+        let policy = Policy::default();
+        let valid = token(now + S(60));
+        let expired = token(now);
+        let fresh = Retry::default();
+        let twice = fresh
+            .failed(FailureKind::Retryable, policy.max_backoff, now, 0.0)
+            .failed(FailureKind::Retryable, policy.max_backoff, now, 0.0);
+        let issued = Ending::Issued { lifetime: S(3600) };
+        let (retryable, throttled, config, login) = (
+            Ending::Failed(FailureKind::Retryable),
+            Ending::Failed(FailureKind::Throttled),
+            Ending::Failed(FailureKind::ConfigFault),
+            Ending::Failed(FailureKind::NeedsLogin),
+        );
+        let (ok, bad) = (Some(&valid), Some(&expired));
+        let ms = Duration::from_millis;
+        use AppState::{Expired, Failing, NeedsLogin, Ready};
+        // (retry before, ending, held, sample, state, failures after, next call in)
+        let cases = [
+            (fresh, issued, None, 0.75, Ready, 0, Some(S(1980))),
+            (twice, issued, bad, 0.5, Ready, 0, Some(S(1800))),
+            (fresh, retryable, None, 0.5, Failing, 1, Some(ms(750))),
+            (fresh, retryable, ok, 0.0, Failing, 1, Some(ms(500))),
+            (twice, retryable, bad, 0.0, Expired, 3, Some(S(2))),
+            (fresh, throttled, ok, 0.0, Failing, 1, Some(S(1))),
+            (twice, config, bad, 0.9, Expired, 3, Some(S(300))),
+            (fresh, login, ok, 0.5, NeedsLogin, 0, None),
+            (twice, login, bad, 0.5, NeedsLogin, 2, None),
+        ];
+        for (retry, ending, held, sample, state, failures, wait) in cases {
+            let next = after_attempt(retry, ending, held, now, &policy, sample);
+            let what = format!(
+                "{retry:?} {ending:?} held {:?}",
+                held.map(|t| t.is_valid_at(now))
+            );
+            assert_eq!(next.state, state, "{what}");
+            assert_eq!(next.retry.failures(), failures, "{what}");
+            assert_eq!(next.next_attempt, wait.map(|w| now + w), "{what}");
+            assert_eq!(
+                next.retry.holds_off(now),
+                failures > 0 && wait.is_some(),
+                "{what}"
+            );
         }
     }
 }
