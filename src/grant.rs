@@ -2,6 +2,10 @@
 //! assertion (file or command), the refresh-token file, the subject token. [`request`] is the
 //! one place the request of each configured grant is made; the owner task and `fetch` share
 //! it. Errors name the source, never its contents. Also reads the claims of an idToken.
+//!
+//! An `assertion_command` is bounded: the allowlisted environment (`COMMAND_ENV`) only, its
+//! own process group, at most [`MAX_SECRET_BYTES`] + 1 bytes of stdout read, and the whole
+//! group killed over the cap or after [`COMMAND_TIMEOUT`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -9,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
+use zeroize::Zeroizing;
 
 use crate::config::{AssertionSource, Grant};
 use crate::secret::Secret;
@@ -135,50 +140,114 @@ pub async fn read_secret_file(path: &Path, what: &str) -> Result<Secret, SourceE
 }
 
 async fn run_assertion_command(argv: &[String]) -> Result<Secret, SourceError> {
+    run_command(argv, COMMAND_TIMEOUT).await
+}
+
+/// The environment an `assertion_command` gets from the daemon's, and nothing else (never
+/// the daemon's `AWS_*` credentials): what a program needs to find its tools, home and locale.
+pub(crate) const COMMAND_ENV: &[&str] =
+    &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME"];
+
+/// The allowlisted subset of `vars` ([`COMMAND_ENV`]).
+fn command_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(name, _)| COMMAND_ENV.iter().any(|allowed| name == *allowed))
+        .collect()
+}
+
+/// How a command's run ended before its result is judged.
+enum Ran {
+    /// stdout closed after `len` bytes and the command exited.
+    Exited(usize, std::process::ExitStatus),
+    /// It printed more than [`MAX_SECRET_BYTES`].
+    TooBig,
+}
+
+/// Runs `argv` with `timeout` (a parameter so tests need not wait [`COMMAND_TIMEOUT`]):
+/// stdin and stderr null, the allowlisted environment, in its own process group; at most
+/// [`MAX_SECRET_BYTES`] + 1 bytes of stdout are read into a fixed, zeroized buffer. Over the
+/// cap, past the timeout or on a read error the whole group is killed and the child reaped.
+async fn run_command(argv: &[String], timeout: Duration) -> Result<Secret, SourceError> {
     const CODE: &str = "assertion_command_failed";
     let Some((program, args)) = argv.split_first() else {
         return Err(SourceError::new(CODE, "assertion_command is empty".into()));
     };
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(command_env(std::env::vars_os()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
             SourceError::new(CODE, format!("cannot run assertion_command {program}: {e}"))
         })?;
-    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            SourceError::new(
-                CODE,
-                format!(
-                    "assertion_command {program} did not finish within {}s",
-                    COMMAND_TIMEOUT.as_secs()
-                ),
-            )
-        })?
-        .map_err(|e| SourceError::new(CODE, format!("assertion_command {program}: {e}")))?;
-    if !output.status.success() {
-        return Err(SourceError::new(
-            CODE,
-            format!("assertion_command {program} failed ({})", output.status),
-        ));
+    // The group id is the child's pid, reserved until the child is reaped.
+    let group = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| SourceError::new(CODE, format!("assertion_command {program}: no stdout")))?;
+    let mut buf = Zeroizing::new(vec![0u8; MAX_SECRET_BYTES as usize + 1]);
+    let run = async {
+        let mut len = 0;
+        while len < buf.len() {
+            match stdout.read(&mut buf[len..]).await {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if len as u64 > MAX_SECRET_BYTES {
+            return Ok(Ran::TooBig);
+        }
+        Ok(Ran::Exited(len, child.wait().await?))
+    };
+    let ran = tokio::time::timeout(timeout, run).await;
+    let failure = match ran {
+        Ok(Ok(Ran::Exited(len, status))) => {
+            if !status.success() {
+                return Err(SourceError::new(
+                    CODE,
+                    format!("assertion_command {program} failed ({status})"),
+                ));
+            }
+            return secret_from_slice(&buf[..len]).ok_or_else(|| {
+                SourceError::new(
+                    CODE,
+                    format!(
+                        "assertion_command {program} printed nothing usable (empty or not UTF-8)"
+                    ),
+                )
+            });
+        }
+        Ok(Ok(Ran::TooBig)) => {
+            format!("assertion_command {program} printed more than {MAX_SECRET_BYTES} bytes")
+        }
+        Ok(Err(e)) => format!("assertion_command {program}: {e}"),
+        Err(_) => format!(
+            "assertion_command {program} did not finish within {}s",
+            timeout.as_secs()
+        ),
+    };
+    // Not reaped yet, so the group id is still this child's: kill everything it started.
+    if let Some(group) = group {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
-    if output.stdout.len() as u64 > MAX_SECRET_BYTES {
-        return Err(SourceError::new(
-            CODE,
-            format!("assertion_command {program} printed more than {MAX_SECRET_BYTES} bytes"),
-        ));
-    }
-    secret_from_bytes(output.stdout).ok_or_else(|| {
-        SourceError::new(
-            CODE,
-            format!("assertion_command {program} printed nothing usable (empty or not UTF-8)"),
-        )
-    })
+    // Reaped here; if even SIGKILL takes long (a process in D state), kill_on_drop and
+    // tokio's orphan reaping finish it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    Err(SourceError::new(CODE, failure))
+}
+
+fn secret_from_slice(bytes: &[u8]) -> Option<Secret> {
+    let trimmed = std::str::from_utf8(bytes).ok()?.trim();
+    (!trimmed.is_empty()).then(|| Secret::new(trimmed))
 }
 
 fn secret_from_bytes(bytes: Vec<u8>) -> Option<Secret> {
@@ -243,6 +312,110 @@ mod tests {
         assert!(err.message.contains("failed"), "{err}");
         let missing = AssertionSource::Command(vec!["/nonexistent/get-jwt".into()]);
         assert!(read_assertion(&missing).await.is_err());
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    /// Whether `pid` is gone: no such process, or a zombie waiting for a reaper (the test's
+    /// PID 1 may not reap orphans). Polled for up to 10 s.
+    async fn is_gone(pid: u32) -> bool {
+        for _ in 0..100 {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return true,
+                Ok(stat) => {
+                    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                    if state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+                        return true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn pids(file: &Path) -> Vec<u32> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    }
+
+    /// Peak resident memory of this test process, in bytes.
+    fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    /// Issue 14 item 5: the output used to be read whole before the cap was checked (and a
+    /// background process holding stdout made the daemon wait for the timeout).
+    #[tokio::test]
+    async fn a_command_printing_far_more_than_the_cap_is_cut_and_its_group_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pids");
+        let script = format!(
+            "echo $$ > {p}; sleep 1000 & echo $! >> {p}; head -c 300000000 /dev/zero; wait",
+            p = pid_file.display()
+        );
+        let before = peak_rss();
+        let err = run_command(&sh(&script), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "assertion_command_failed");
+        assert!(
+            err.message.contains("printed more than 65536 bytes"),
+            "{err}"
+        );
+        let grown = peak_rss().saturating_sub(before);
+        assert!(grown < 64 << 20, "memory grew by {grown} bytes");
+        for pid in pids(&pid_file) {
+            assert!(is_gone(pid).await, "pid {pid} still runs");
+        }
+    }
+
+    /// Issue 14 item 5: the timeout used to kill only the direct child.
+    #[tokio::test]
+    async fn on_timeout_the_commands_grandchildren_are_killed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pids");
+        let script = format!(
+            "sleep 1000 & echo $! > {p}; echo $$ >> {p}; wait",
+            p = pid_file.display()
+        );
+        let err = run_command(&sh(&script), Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("did not finish within 3s"), "{err}");
+        let pids = pids(&pid_file);
+        assert_eq!(pids.len(), 2, "{pids:?}");
+        for pid in pids {
+            assert!(is_gone(pid).await, "pid {pid} still runs after the timeout");
+        }
+    }
+
+    #[test]
+    fn the_command_environment_is_the_allowlist_only() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SESSION_TOKEN", "t"),
+            ("LANG", "C.UTF-8"),
+            ("RUST_LOG", "debug"),
+            ("path", "lowercase is another name"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let kept: Vec<String> = command_env(vars.into_iter())
+            .into_iter()
+            .map(|(k, _)| k.into_string().unwrap())
+            .collect();
+        assert_eq!(kept, ["PATH", "HOME", "LANG"]);
     }
 
     #[test]

@@ -5,22 +5,45 @@
 //! directory. A file that cannot be read back is moved aside as `NAME.json.corrupt-<unix
 //! seconds>` and the app falls back to its configured source. The writes are small and rare
 //! (once per refresh-token rotation), so they run inline on the app's owner task.
+//!
+//! The directory holds secrets, so nothing in it may be another user's: [`Store::open`]
+//! refuses a state dir that is a symlink, not a directory, owned by another uid, or writable
+//! by group or others ([`OpenError::Unsafe`]: `serve` does not start). Temp files get a
+//! random name and are created exclusively without following links; state files are read
+//! without following links, only when they are regular files of ours, and at most
+//! [`MAX_STATE_BYTES`] (a bigger one is damaged). The read buffer is zeroed after use.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use crate::secret::Secret;
+
+/// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
+pub const MAX_STATE_BYTES: usize = 64 * 1024;
 
 /// One app's saved state.
 #[derive(Deserialize)]
 struct Saved {
     client_id: String,
     refresh_token: Secret,
+}
+
+/// Why [`Store::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory is there but someone else could have read or planted files in it:
+    /// the daemon refuses to start. One sentence naming the dir and what is wrong.
+    #[error("{0}")]
+    Unsafe(String),
+    /// The directory could not be created or opened (the daemon runs without persistence).
+    #[error("{0}")]
+    Io(#[from] io::Error),
 }
 
 /// The state directory.
@@ -30,32 +53,155 @@ pub struct Store {
 }
 
 impl Store {
-    /// Creates (0700) or tightens the directory.
-    pub fn open(dir: &Path) -> io::Result<Store> {
-        fs::create_dir_all(dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        Ok(Store {
+    /// Creates the directory (and missing parents) mode 0700, or checks the existing one: a
+    /// real directory (not a symlink), owned by our effective uid, not group/other writable;
+    /// read or search bits for group/other are then removed (through the open directory,
+    /// never by path). Stale temp files of ours are removed.
+    pub fn open(dir: &Path) -> Result<Store, OpenError> {
+        match fs::symlink_metadata(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let uid = nix::unistd::geteuid().as_raw();
+        let unsafe_dir = |what: String| {
+            OpenError::Unsafe(format!(
+                "state dir {} {what}; it must be a directory owned by uid {uid}, not writable by group or others",
+                dir.display()
+            ))
+        };
+        let meta = fs::symlink_metadata(dir)?;
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_dir("is a symbolic link".into()));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_dir("is not a directory".into()));
+        }
+        // Checked again on the opened directory itself, so a swap after the lstat is caught.
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => unsafe_dir("is a symbolic link".into()),
+                Some(libc::ENOTDIR) => unsafe_dir("is not a directory".into()),
+                _ => OpenError::Io(e),
+            })?;
+        let meta = handle.metadata()?;
+        if meta.uid() != uid {
+            return Err(unsafe_dir(format!("is owned by uid {}", meta.uid())));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(unsafe_dir(format!(
+                "is writable by group or others (mode {mode:04o})"
+            )));
+        }
+        if mode & 0o077 != 0 {
+            handle.set_permissions(fs::Permissions::from_mode(0o700))?;
+        }
+        let store = Store {
             dir: dir.to_owned(),
-        })
+        };
+        store.remove_stale_temp_files();
+        Ok(store)
     }
 
     fn file(&self, app: &str) -> PathBuf {
         self.dir.join(format!("{app}.json"))
     }
 
+    /// Temp files of a save: `.NAME.json.tmp-<16 hex>`, and `.NAME.json.tmp` of older
+    /// versions. Left behind only by a crash mid-save; removed (unlinked, never followed).
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let ours = name.starts_with('.')
+                && (name.ends_with(".json.tmp")
+                    || name
+                        .rsplit_once(".json.tmp-")
+                        .is_some_and(|(_, tail)| tail.len() == 16));
+            if !ours {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => info!(file = name, "removed a stale temp file from the state dir"),
+                Err(e) => {
+                    warn!(file = name, error = %e, "cannot remove a stale temp file from the state dir")
+                }
+            }
+        }
+    }
+
     /// The saved refresh token of `app`, if one was saved for this `client_id`. A damaged
-    /// file is moved aside (and logged); a file for another client id is ignored.
+    /// file (not JSON, a symlink, not a regular file of ours, over [`MAX_STATE_BYTES`]) is
+    /// moved aside (and logged); a file for another client id is ignored.
     pub fn load(&self, app: &str, client_id: &str, wall_secs: u64) -> Option<Secret> {
         let path = self.file(app);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        // O_NONBLOCK: a FIFO planted here must not hang the open; no effect on a regular file.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let mut file = match opened {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.quarantine(app, &path, wall_secs, "a symbolic link");
+                return None;
+            }
             Err(e) => {
                 warn!(app, path = %path.display(), error = %e, "cannot read saved state; using the configured source");
                 return None;
             }
         };
-        match serde_json::from_slice::<Saved>(&bytes) {
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(app, path = %path.display(), error = %e, "cannot read saved state; using the configured source");
+                return None;
+            }
+        };
+        let uid = nix::unistd::geteuid().as_raw();
+        if !meta.is_file() {
+            self.quarantine(app, &path, wall_secs, "not a regular file");
+            return None;
+        }
+        if meta.uid() != uid {
+            let why = format!("owned by uid {}, not {uid}", meta.uid());
+            self.quarantine(app, &path, wall_secs, &why);
+            return None;
+        }
+        let too_big = format!("larger than {MAX_STATE_BYTES} bytes");
+        if meta.len() > MAX_STATE_BYTES as u64 {
+            self.quarantine(app, &path, wall_secs, &too_big);
+            return None;
+        }
+        // A fixed buffer, never grown (no copy of the secret left behind by a realloc).
+        let mut buf = Zeroizing::new(vec![0u8; MAX_STATE_BYTES + 1]);
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!(app, path = %path.display(), error = %e, "cannot read saved state; using the configured source");
+                    return None;
+                }
+            }
+        }
+        if len > MAX_STATE_BYTES {
+            self.quarantine(app, &path, wall_secs, &too_big);
+            return None;
+        }
+        match serde_json::from_slice::<Saved>(&buf[..len]) {
             Ok(saved) if saved.refresh_token.is_empty() => {
                 self.quarantine(app, &path, wall_secs, "empty refresh token");
                 None
@@ -85,25 +231,33 @@ impl Store {
     /// Saves `refresh_token` atomically and durably.
     pub fn save(&self, app: &str, client_id: &str, refresh_token: &Secret) -> io::Result<()> {
         let path = self.file(app);
-        let tmp = self.dir.join(format!(".{app}.json.tmp"));
-        let body = zeroize::Zeroizing::new(
+        let tmp = self
+            .dir
+            .join(format!(".{app}.json.tmp-{:016x}", rand::random::<u64>()));
+        let body = Zeroizing::new(
             serde_json::json!({
                 "client_id": client_id,
                 "refresh_token": refresh_token.expose(),
             })
             .to_string(),
         );
-        {
+        let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
+            // Exactly 0600 whatever the umask (on the descriptor, not the path).
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
             file.write_all(body.as_bytes())?;
             file.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()
     }
 
@@ -131,7 +285,6 @@ impl ClassifyStr for serde_json::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn save_load_modes_and_quarantine() {
@@ -155,5 +308,200 @@ mod tests {
         store.save("b", "cid", &Secret::new("x")).unwrap();
         store.remove("b");
         assert!(store.load("b", "cid", 1).is_none());
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// A file outside the state dir that the attacker (uid 65534 when the test runs as root)
+    /// owns and points a planted link at.
+    fn attacker_file(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, body).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("state");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = Store::open(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(err.contains(&link.display().to_string()), "{err}");
+        // The link's target was left alone (the old code chmod'ed it through the link).
+        assert_eq!(fs::metadata(&real).unwrap().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn a_state_dir_owned_by_another_uid_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: needs root to chown the dir to 65534");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        let err = Store::open(&state).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+    }
+
+    #[test]
+    fn a_group_or_world_writable_state_dir_is_refused() {
+        for mode in [0o770, 0o707, 0o1777] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("state");
+            fs::create_dir(&state).unwrap();
+            fs::set_permissions(&state, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Store::open(&state).unwrap_err().to_string();
+            assert!(
+                err.contains("writable by group or others"),
+                "{mode:o}: {err}"
+            );
+            assert_eq!(fs::metadata(&state).unwrap().mode() & 0o7777, mode);
+        }
+        // A file where the dir should be is refused too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state");
+        fs::write(&file, "").unwrap();
+        let err = Store::open(&file).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_readable_dir_of_ours_is_tightened_and_a_missing_one_created_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(&state).unwrap();
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        let deep = dir.path().join("a/b/state");
+        Store::open(&deep).unwrap();
+        assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_state_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let planted = attacker_file(
+            dir.path(),
+            "attacker.json",
+            r#"{"client_id":"cid","refresh_token":"planted"}"#,
+        );
+        std::os::unix::fs::symlink(&planted, state.join("a.json")).unwrap();
+        assert!(store.load("a", "cid", 7).is_none(), "the link was followed");
+        // The link itself was moved aside; the target is untouched.
+        let aside = state.join("a.json.corrupt-7");
+        assert!(fs::symlink_metadata(&aside)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        store.save("a", "cid", &Secret::new("rt-new")).unwrap();
+        assert_eq!(
+            fs::read_to_string(&planted).unwrap(),
+            r#"{"client_id":"cid","refresh_token":"planted"}"#
+        );
+        assert_eq!(store.load("a", "cid", 8).unwrap().expose(), "rt-new");
+    }
+
+    #[test]
+    fn a_state_file_owned_by_another_uid_is_not_loaded() {
+        if !is_root() {
+            eprintln!("skipped: needs root to chown the file to 65534");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let path = state.join("a.json");
+        fs::write(&path, r#"{"client_id":"cid","refresh_token":"planted"}"#).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        assert!(store.load("a", "cid", 9).is_none());
+        assert!(state.join("a.json.corrupt-9").exists());
+    }
+
+    #[test]
+    fn a_symlink_at_the_old_temp_name_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        // Planted while the dir was still open to others, before this start.
+        let before = attacker_file(dir.path(), "before", "");
+        std::os::unix::fs::symlink(&before, state.join(".a.json.tmp")).unwrap();
+        let store = Store::open(&state).unwrap();
+        // Planted after open (e.g. by an earlier daemon's leftover): never opened either.
+        let after = attacker_file(dir.path(), "after", "");
+        std::os::unix::fs::symlink(&after, state.join(".b.json.tmp")).unwrap();
+        store.save("a", "cid", &Secret::new("rt-a")).unwrap();
+        store.save("b", "cid", &Secret::new("rt-b")).unwrap();
+        assert_eq!(
+            fs::read_to_string(&before).unwrap(),
+            "",
+            "token written through a link"
+        );
+        assert_eq!(
+            fs::read_to_string(&after).unwrap(),
+            "",
+            "token written through a link"
+        );
+        assert_eq!(store.load("a", "cid", 1).unwrap().expose(), "rt-a");
+        assert_eq!(store.load("b", "cid", 1).unwrap().expose(), "rt-b");
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        for name in [".a.json.tmp", ".a.json.tmp-0123456789abcdef", "keep.txt"] {
+            fs::write(state.join(name), "x").unwrap();
+        }
+        Store::open(&state).unwrap();
+        let mut left: Vec<String> = fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["keep.txt"]);
+    }
+
+    #[test]
+    fn an_oversize_state_file_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let big = format!(
+            r#"{{"client_id":"cid","refresh_token":"{}"}}"#,
+            "x".repeat(100 * 1024)
+        );
+        fs::write(state.join("a.json"), big).unwrap();
+        assert!(
+            store.load("a", "cid", 5).is_none(),
+            "an oversize file was loaded"
+        );
+        assert!(state.join("a.json.corrupt-5").exists());
+        assert!(!state.join("a.json").exists());
+        // Just under the cap loads.
+        let fits = format!(
+            r#"{{"client_id":"cid","refresh_token":"{}"}}"#,
+            "y".repeat(60 * 1024)
+        );
+        fs::write(state.join("a.json"), &fits).unwrap();
+        assert_eq!(store.load("a", "cid", 6).unwrap().expose().len(), 60 * 1024);
     }
 }

@@ -47,7 +47,10 @@ pub async fn serve(
     let state_dir = paths::state_dir(config.state.dir.as_deref(), &Env::from_process());
     let store = match crate::store::Store::open(&state_dir) {
         Ok(store) => Some(Arc::new(store)),
-        Err(e) => {
+        Err(crate::store::OpenError::Unsafe(why)) => {
+            return Err(Failure::failed(format!("refusing to start: {why}")));
+        }
+        Err(crate::store::OpenError::Io(e)) => {
             warn!(dir = %state_dir.display(), error = %e, "cannot use the state dir; refresh tokens will not survive a restart");
             None
         }

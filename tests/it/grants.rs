@@ -96,3 +96,43 @@ async fn assertion_file_change_is_picked_up_on_the_next_refresh() {
     assert_eq!(assertions[0], crate::support::assertion("analytics"));
     assert_eq!(assertions[1], crate::support::assertion("rotated-user"));
 }
+
+/// Issue 14 item 5: the command used to inherit the daemon's whole environment, including
+/// its `AWS_SECRET_ACCESS_KEY`. It gets the README's allowlist only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertion_command_runs_with_the_allowlisted_environment_only() {
+    let env = TestEnv::new(3600).await;
+    let jwt = env.path("analytics.jwt");
+    std::fs::write(&jwt, crate::support::assertion("analytics")).unwrap();
+    let dump = env.path("command-env.txt");
+    env.write_app(
+        "analytics",
+        &format!(
+            "grant = \"jwt-bearer\"\nassertion_command = [\"sh\", \"-c\", \"env > {}; cat {}\"]\n",
+            dump.display(),
+            jwt.display()
+        ),
+    );
+    let daemon = env
+        .daemon_with(&[("LANG", "C.UTF-8"), ("UNRELATED_SETTING", "x")])
+        .await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    for wanted in ["PATH", "HOME", "LANG"] {
+        assert!(names.contains(&wanted), "{wanted} missing: {names:?}");
+    }
+    assert!(
+        !text.contains(&env.options.secret_access_key),
+        "the daemon's secret key reached the command"
+    );
+    for name in &names {
+        assert!(
+            !name.starts_with("AWS_") && *name != "UNRELATED_SETTING" && *name != "RUST_LOG",
+            "{name} reached the command: {names:?}"
+        );
+    }
+}

@@ -122,3 +122,69 @@ async fn sigkill_at_random_moments_of_a_rotation_loop_never_loses_a_usable_token
         "a dead refresh token was presented"
     );
 }
+
+/// Issue 14 item 2: a state dir someone else controls (a symlink to a dir of theirs, a
+/// world-writable dir, a dir owned by `nobody`) is refused: one clear line, exit 1, nothing
+/// served. The daemon used to follow the link, chmod the target and keep what was in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_state_dir_someone_else_controls() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = nix::unistd::geteuid().is_root();
+    let cases: &[(&str, &str)] = &[
+        ("symlink", "is a symbolic link"),
+        (
+            "world-writable",
+            "is writable by group or others (mode 0777)",
+        ),
+        ("nobody", "is owned by uid 65534"),
+    ];
+    for (case, expected) in cases {
+        if *case == "nobody" && !root {
+            eprintln!("skipped the nobody-owned case: needs root to chown");
+            continue;
+        }
+        let env = TestEnv::new(3600).await;
+        env.refresh_app("reports", "seed-refresh-token");
+        let state = env.path("state");
+        match *case {
+            "symlink" => {
+                let theirs = env.path("theirs");
+                std::fs::create_dir(&theirs).unwrap();
+                std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+                std::os::unix::fs::symlink(&theirs, &state).unwrap();
+            }
+            "world-writable" => {
+                std::fs::create_dir(&state).unwrap();
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+            }
+            _ => {
+                std::fs::create_dir(&state).unwrap();
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+                std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+            }
+        }
+        let daemon = env.spawn_daemon(&[("RUST_LOG", "info")]);
+        let log = daemon.log.clone();
+        let status = daemon.wait_exit();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{case}: {stderr}");
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("iamtokend: "))
+            .collect();
+        assert_eq!(ours.len(), 1, "{case}: {stderr}");
+        assert!(
+            ours[0].starts_with(&format!(
+                "iamtokend: refusing to start: state dir {} {expected}",
+                state.display()
+            )),
+            "{case}: {stderr}"
+        );
+        assert!(!stderr.contains("listening"), "{case}: {stderr}");
+        assert!(!env.socket().exists(), "{case}: the socket was left behind");
+        if *case == "symlink" {
+            let mode = std::fs::metadata(env.path("theirs")).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o777, "the link's target was chmod'ed");
+        }
+    }
+}
