@@ -3,8 +3,8 @@
 //! Files are `NAME.json` (`{"client_id", "refresh_token"}`), mode 0600 in a 0700 directory,
 //! replaced atomically: write a temp file, fsync it, rename over the old one, fsync the
 //! directory. A file that cannot be read back is moved aside as `NAME.json.corrupt-<unix
-//! seconds>` and the app falls back to its configured source. The writes are small and rare
-//! (once per refresh-token rotation), so they run inline on the app's owner task.
+//! seconds>` and the app falls back to its configured source. Every call blocks (fsyncs), so
+//! the owner task and the broker call it through `spawn_blocking`.
 //!
 //! The directory holds secrets, so nothing in it may be another user's: [`Store::open`]
 //! refuses a state dir that is a symlink, not a directory, owned by another uid, or writable
