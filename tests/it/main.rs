@@ -6,6 +6,8 @@
 //!   slow_down, bad signatures.
 //! - `socket_api`: routes, the error envelope and codes.
 //! - `cli`: client subcommands, output and exit codes; check-config.
+//! - `cli_server`: whom a client believes (server uid), its timeout and answer cap, and the
+//!   user-then-system socket fallback.
 //! - `process`: SIGTERM, stale and live sockets, `serve --dev`.
 //! - `lifecycle`: token-exchange chains, needs_login, a dependant without a subject token.
 //! - `login`: `iamtokend login` end to end (PKCE, state, timeout, errors), the test as browser.
@@ -23,6 +25,7 @@ mod support;
 
 mod access;
 mod cli;
+mod cli_server;
 mod credentials;
 mod faults;
 mod grants;
