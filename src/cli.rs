@@ -104,7 +104,7 @@ pub enum Command {
 impl Command {
     /// The client flags of a client subcommand (`None` for the others, and for `login`, whose
     /// `--timeout` is the wait for the browser).
-    pub fn client_args(&self) -> Option<ClientArgs> {
+    pub(crate) fn client_args(&self) -> Option<ClientArgs> {
         match self {
             Command::Token { client, .. }
             | Command::CredentialProcess { client, .. }

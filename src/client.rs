@@ -22,14 +22,14 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// How long a client waits for the daemon by default: a request may wait for one upstream
 /// call (the `[aws] read_timeout` default is 30 s, plus connecting and STS), so twice that.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The largest answer accepted. The biggest real one (`/v1/apps` of many apps, a token with an
 /// id token) is a few KiB.
-pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// The daemon's system user, as `systemd/iamtokend.sysusers` names it.
-pub const SYSTEM_USER: &str = "iamtokend";
+pub(crate) const SYSTEM_USER: &str = "iamtokend";
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,7 @@ impl Answer {
 }
 
 /// Overwrites every string in `value` (tokens, keys) with zeros before it is freed.
-pub fn zeroize_json(value: &mut Value) {
+pub(crate) fn zeroize_json(value: &mut Value) {
     match value {
         Value::String(s) => s.zeroize(),
         Value::Array(items) => items.iter_mut().for_each(zeroize_json),
@@ -106,7 +106,7 @@ pub fn zeroize_json(value: &mut Value) {
 
 /// Which server uids a client believes: root, our own, and the daemon's.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TrustedServers {
+pub(crate) struct TrustedServers {
     /// `--server-uid`: replaces the `iamtokend` user's uid.
     server_uid: Option<u32>,
 }
@@ -114,13 +114,13 @@ pub struct TrustedServers {
 impl TrustedServers {
     /// Root, our effective uid, and `server_uid` if given, else the `iamtokend` user's uid
     /// when that user exists.
-    pub fn new(server_uid: Option<u32>) -> TrustedServers {
+    pub(crate) fn new(server_uid: Option<u32>) -> TrustedServers {
         TrustedServers { server_uid }
     }
 
     /// Whether a server running as `uid` may answer. The user database is asked only when
     /// the uid is neither root nor ours.
-    pub fn admits(&self, uid: u32) -> bool {
+    pub(crate) fn admits(&self, uid: u32) -> bool {
         if uid == 0 || uid == own_uid() {
             return true;
         }
@@ -155,7 +155,7 @@ impl SocketClient {
     }
 
     /// A client that tries `paths` in order (the user socket, then the system one).
-    pub fn with_candidates(paths: Vec<PathBuf>) -> SocketClient {
+    pub(crate) fn with_candidates(paths: Vec<PathBuf>) -> SocketClient {
         SocketClient {
             paths,
             timeout: DEFAULT_TIMEOUT,
@@ -164,13 +164,13 @@ impl SocketClient {
     }
 
     /// Sets the bound on each request.
-    pub fn with_timeout(mut self, timeout: Duration) -> SocketClient {
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> SocketClient {
         self.timeout = timeout;
         self
     }
 
     /// Sets which server uids are believed.
-    pub fn with_trust(mut self, trust: TrustedServers) -> SocketClient {
+    pub(crate) fn with_trust(mut self, trust: TrustedServers) -> SocketClient {
         self.trust = trust;
         self
     }

@@ -222,7 +222,8 @@ impl Listener {
     }
 
     /// The addresses actually bound.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    #[cfg(test)]
+    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())

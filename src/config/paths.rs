@@ -143,7 +143,7 @@ pub fn socket_path(configured: Option<&Path>, env: &Env) -> PathBuf {
 /// not given, in order: `[server] socket`, or `$RUNTIME_DIRECTORY/iamtokend.sock`, alone when
 /// set; otherwise the user socket under `$XDG_RUNTIME_DIR` (when set) and then the system one
 /// (a login session sets `XDG_RUNTIME_DIR` on a host that may run only the system service).
-pub fn client_sockets(configured: Option<&Path>, env: &Env) -> Vec<PathBuf> {
+pub(crate) fn client_sockets(configured: Option<&Path>, env: &Env) -> Vec<PathBuf> {
     if configured.is_some() || env.first_dir("RUNTIME_DIRECTORY").is_some() {
         return vec![socket_path(configured, env)];
     }
