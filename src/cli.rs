@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Brokers AWS IAM Identity Center tokens to local programs over a Unix socket.
 #[derive(Debug, Parser)]
@@ -14,6 +14,14 @@ pub struct Cli {
     /// The main config file.
     #[arg(long, global = true, env = "IAMTOKEND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// How long a client subcommand waits for the daemon's answer, in seconds (default 60;
+    /// `login --timeout` is the wait for the browser instead).
+    #[arg(long, env = "IAMTOKEND_TIMEOUT", value_name = "SECS", value_parser = timeout_secs())]
+    pub timeout: Option<u64>,
+    /// Also believe a daemon running as this uid (instead of the `iamtokend` user's); root
+    /// and your own uid are always believed.
+    #[arg(long, global = true, env = "IAMTOKEND_SERVER_UID", value_name = "UID")]
+    pub server_uid: Option<u32>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -32,6 +40,9 @@ pub enum Command {
     CheckConfig,
     /// Print an app's access token.
     Token {
+        /// The flags of every client subcommand.
+        #[command(flatten)]
+        client: ClientArgs,
         /// The app.
         app: String,
         /// Refresh first if the cached token has fewer seconds left than this.
@@ -43,17 +54,26 @@ pub enum Command {
     },
     /// Print credential_process JSON for an app with a [role].
     CredentialProcess {
+        /// The flags of every client subcommand.
+        #[command(flatten)]
+        client: ClientArgs,
         /// The app.
         app: String,
     },
     /// One row per app: state, expiry, next refresh, last error.
     Status {
+        /// The flags of every client subcommand.
+        #[command(flatten)]
+        client: ClientArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
         format: StatusFormat,
     },
     /// Refresh an app's token now and wait for the result.
     Refresh {
+        /// The flags of every client subcommand.
+        #[command(flatten)]
+        client: ClientArgs,
         /// The app.
         app: String,
     },
@@ -79,6 +99,35 @@ pub enum Command {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
     },
+}
+
+impl Command {
+    /// The client flags of a client subcommand (`None` for the others, and for `login`, whose
+    /// `--timeout` is the wait for the browser).
+    pub(crate) fn client_args(&self) -> Option<ClientArgs> {
+        match self {
+            Command::Token { client, .. }
+            | Command::CredentialProcess { client, .. }
+            | Command::Status { client, .. }
+            | Command::Refresh { client, .. } => Some(*client),
+            Command::Serve { .. }
+            | Command::CheckConfig
+            | Command::Fetch { .. }
+            | Command::Login { .. } => None,
+        }
+    }
+}
+
+/// Flags every client subcommand takes after its name too.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ClientArgs {
+    /// How long to wait for the daemon's answer, in seconds (default 60).
+    #[arg(long, value_name = "SECS", value_parser = timeout_secs())]
+    pub timeout: Option<u64>,
+}
+
+fn timeout_secs() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=3600)
 }
 
 /// `token --format`.

@@ -1,9 +1,15 @@
-//! The browser half of `iamtokend login`: the authorize URL, and a one-shot loopback
-//! listener on the app's `redirect_uri` that waits for the redirect, checks its `state`, and
-//! shows the user a short page. The code exchange itself is the daemon's (`POST .../login`).
+//! The browser half of `iamtokend login`: the authorize URL, and a loopback listener on the
+//! app's `redirect_uri` that waits for the redirect, checks its `state`, and shows the user a
+//! short page. The code exchange itself is the daemon's (`POST .../login`).
+//!
+//! Two local attacks shape the listener. A `localhost` redirect is bound on every loopback
+//! address a browser may resolve `localhost` to (127.0.0.1 and ::1), so no other user can
+//! hold the address we left free and receive the code. A redirect whose `state` is not ours
+//! (anyone on the host can send one) gets the error page and a line on stderr, and the
+//! listener keeps waiting for the real one until the timeout: it cannot end a login.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +20,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::secret::Secret;
 
@@ -57,29 +64,32 @@ pub fn authorize_url(req: &AuthorizeRequest<'_>) -> Result<url::Url, url::ParseE
     Ok(url)
 }
 
-/// The address and path a `redirect_uri` asks the listener for. `localhost` is bound as
-/// 127.0.0.1 (the config loader only accepts loopback URLs with a port).
-pub fn listen_target(redirect_uri: &str) -> Result<(SocketAddr, String), String> {
+/// The addresses and path a `redirect_uri` asks the listener for (the config loader only
+/// accepts loopback URLs with a port). `localhost` is both 127.0.0.1 and ::1: browsers resolve
+/// it to either (RFC 6761 loopback, whatever `/etc/hosts` says), so both are bound, the IPv4
+/// one first.
+pub fn listen_targets(redirect_uri: &str) -> Result<(Vec<SocketAddr>, String), String> {
     let url = url::Url::parse(redirect_uri).map_err(|e| format!("bad redirect_uri: {e}"))?;
     let port = url
         .port_or_known_default()
         .ok_or_else(|| format!("redirect_uri {redirect_uri} has no port"))?;
-    let ip: std::net::IpAddr = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.into(),
-        Some(url::Host::Ipv6(ip)) => ip.into(),
-        Some(url::Host::Domain("localhost")) => std::net::Ipv4Addr::LOCALHOST.into(),
-        _ => {
-            return Err(format!(
-                "redirect_uri {redirect_uri} is not a loopback address"
-            ))
+    let not_loopback = || format!("redirect_uri {redirect_uri} is not a loopback address");
+    let ips: Vec<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![ip.into()],
+        Some(url::Host::Ipv6(ip)) => vec![ip.into()],
+        Some(url::Host::Domain("localhost")) => {
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
         }
+        _ => return Err(not_loopback()),
     };
-    if !ip.is_loopback() {
-        return Err(format!(
-            "redirect_uri {redirect_uri} is not a loopback address"
-        ));
+    if !ips.iter().all(IpAddr::is_loopback) {
+        return Err(not_loopback());
     }
-    Ok((SocketAddr::new(ip, port), url.path().to_owned()))
+    let addrs = ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    Ok((addrs, url.path().to_owned()))
 }
 
 /// What arrived on the redirect URI.
@@ -169,35 +179,60 @@ pub enum LoginError {
         /// OAuth `error_description`.
         description: Option<String>,
     },
-    /// A redirect carried a state that is not this login's.
-    #[error("the redirect carried a state that does not match this login (a stale tab or a forged redirect); run the login again")]
-    WrongState,
 }
 
-/// The bound listener, before the user is sent to the browser (so a bind failure is reported
+/// Connections the listener serves at once. Anyone on the host can connect to a loopback
+/// port; a flood must not take this process's descriptors, and a browser needs one or two.
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long one connection may take to send its request and read the page.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound listeners, before the user is sent to the browser (so a bind failure is reported
 /// before anything else happens).
 #[derive(Debug)]
 pub struct Listener {
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     path: String,
 }
 
 impl Listener {
-    /// Binds the `redirect_uri`'s loopback address.
+    /// Binds every loopback address of the `redirect_uri` (both 127.0.0.1 and ::1 for
+    /// `localhost`). An address already taken is an error: whoever holds it would receive the
+    /// code. Only ::1 on a host without IPv6 may be missing, when 127.0.0.1 is bound.
     pub async fn bind(redirect_uri: &str) -> Result<Listener, String> {
-        let (addr, path) = listen_target(redirect_uri)?;
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
-                " (is another `iamtokend login` waiting? finish or cancel it first)"
-            } else {
-                ""
-            };
-            LoginError::Bind { addr, source, hint }.to_string()
-        })?;
-        Ok(Listener { listener, path })
+        let (addrs, path) = listen_targets(redirect_uri)?;
+        let mut listeners = Vec::with_capacity(addrs.len());
+        for &addr in &addrs {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => listeners.push(listener),
+                Err(e) if addr.is_ipv6() && addrs.len() > 1 && ipv6_unavailable(&e) => {}
+                Err(source) => {
+                    let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+                        " (is another `iamtokend login` waiting? finish or cancel it first; \
+                         otherwise another program holds the port)"
+                    } else {
+                        ""
+                    };
+                    return Err(LoginError::Bind { addr, source, hint }.to_string());
+                }
+            }
+        }
+        Ok(Listener { listeners, path })
     }
 
-    /// Serves the redirect URI until the callback arrives (or `timeout`), then stops.
+    /// The addresses actually bound.
+    #[cfg(test)]
+    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves the redirect URI until a callback with our state arrives (or `timeout`), then
+    /// stops. Callbacks with another state are answered with the error page, reported on
+    /// stderr (never their code), and waited past.
     pub async fn wait(
         self,
         redirect_uri: &str,
@@ -206,55 +241,97 @@ impl Listener {
     ) -> Result<Secret, LoginError> {
         let (tx, mut rx) = mpsc::channel::<Callback>(1);
         let expected = Arc::new((self.path, state.to_owned()));
-        let accept = async {
-            loop {
-                let Ok((stream, _)) = self.listener.accept().await else {
-                    continue;
-                };
-                let tx = tx.clone();
-                let expected = expected.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let verdict = judge(
-                            req.uri().path(),
-                            req.uri().query(),
-                            &expected.0,
-                            &expected.1,
-                        );
-                        let page = page(&verdict);
-                        let tx = tx.clone();
-                        async move {
-                            if verdict != Callback::Other {
-                                let _ = tx.try_send(verdict);
-                            }
-                            Ok::<_, Infallible>(page)
-                        }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
-                });
-            }
-        };
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // Dropped (so aborted) when the wait ends.
+        let mut accepting = JoinSet::new();
+        for listener in self.listeners {
+            accepting.spawn(accept_loop(
+                listener,
+                tx.clone(),
+                expected.clone(),
+                slots.clone(),
+            ));
+        }
+        drop(tx);
         let outcome = tokio::select! {
             verdict = rx.recv() => verdict,
-            _ = accept => None,
             _ = tokio::time::sleep(timeout) => None,
         };
         // Let the page reach the browser before the listener goes away.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(accepting);
         match outcome {
             Some(Callback::Code(code)) => Ok(code),
             Some(Callback::Denied { error, description }) => {
                 Err(LoginError::Denied { error, description })
             }
-            Some(Callback::WrongState) => Err(LoginError::WrongState),
-            Some(Callback::Other) | None => Err(LoginError::Timeout {
+            Some(Callback::WrongState | Callback::Other) | None => Err(LoginError::Timeout {
                 redirect_uri: redirect_uri.to_owned(),
                 waited: timeout,
             }),
         }
+    }
+}
+
+/// Whether a bind error means the host has no IPv6 loopback (IPv6 disabled or absent).
+fn ipv6_unavailable(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// Accepts on one listener and serves each connection: the page for its verdict, and the
+/// verdict to `tx` when it ends the wait (our state with a code or an error).
+async fn accept_loop(
+    listener: TcpListener,
+    tx: mpsc::Sender<Callback>,
+    expected: Arc<(String, String)>,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors or the like: wait a little instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        let expected = expected.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let verdict = judge(
+                    req.uri().path(),
+                    req.uri().query(),
+                    &expected.0,
+                    &expected.1,
+                );
+                if verdict == Callback::WrongState {
+                    eprintln!(
+                        "iamtokend: ignored a redirect from {peer} whose state is not this \
+                         login's (a stale tab or a forged redirect); still waiting"
+                    );
+                }
+                let page = page(&verdict);
+                let tx = tx.clone();
+                async move {
+                    if matches!(verdict, Callback::Code(_) | Callback::Denied { .. }) {
+                        let _ = tx.try_send(verdict);
+                    }
+                    Ok::<_, Infallible>(page)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+        });
     }
 }
 
@@ -277,7 +354,8 @@ fn page(verdict: &Callback) -> Response<Full<Bytes>> {
         Callback::WrongState => (
             StatusCode::BAD_REQUEST,
             "Login not accepted",
-            "This redirect does not belong to the login that is waiting. Run the login again."
+            "This redirect does not belong to the login that is waiting (a stale tab or a \
+             forged link). The login is still waiting: finish it from the URL it printed."
                 .to_owned(),
         ),
         Callback::Other => (
@@ -374,16 +452,77 @@ mod tests {
     }
 
     #[test]
-    fn listen_targets_are_loopback_only() {
+    fn listen_targets_are_loopback_only_and_localhost_is_both() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(
-            listen_target("http://localhost:8400/cb").unwrap(),
-            ("127.0.0.1:8400".parse().unwrap(), "/cb".to_owned())
+            listen_targets("http://localhost:8400/cb").unwrap(),
+            (
+                vec![addr("127.0.0.1:8400"), addr("[::1]:8400")],
+                "/cb".to_owned()
+            )
         );
         assert_eq!(
-            listen_target("http://[::1]:9/").unwrap().0,
-            "[::1]:9".parse().unwrap()
+            listen_targets("http://[::1]:9/").unwrap().0,
+            vec![addr("[::1]:9")]
         );
-        assert!(listen_target("http://example.com:80/cb").is_err());
-        assert!(listen_target("http://10.0.0.1:80/cb").is_err());
+        assert_eq!(
+            listen_targets("http://127.0.0.1:9/").unwrap().0,
+            vec![addr("127.0.0.1:9")]
+        );
+        assert!(listen_targets("http://example.com:80/cb").is_err());
+        assert!(listen_targets("http://10.0.0.1:80/cb").is_err());
+    }
+
+    /// One GET on a fresh connection; the status code.
+    async fn get_status(addr: SocketAddr, target: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_wrong_state_does_not_end_the_wait_and_the_right_one_does() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let uri = format!("http://127.0.0.1:{port}/cb");
+        let listener = Listener::bind(&uri).await.unwrap();
+        let addr = listener.local_addrs()[0];
+        let wait =
+            tokio::spawn(async move { listener.wait(&uri, "good", Duration::from_secs(20)).await });
+        assert_eq!(get_status(addr, "/cb?code=forged&state=bad").await, 400);
+        assert_eq!(
+            get_status(addr, "/cb?error=access_denied&state=bad").await,
+            400
+        );
+        assert!(!wait.is_finished(), "a wrong state ended the wait");
+        assert_eq!(get_status(addr, "/cb?code=real&state=good").await, 200);
+        let code = wait.await.unwrap().unwrap();
+        assert_eq!(code, Secret::new("real"));
+    }
+
+    #[tokio::test]
+    async fn an_access_denied_with_our_state_ends_the_wait() {
+        let listener = Listener::bind("http://127.0.0.1:0/cb").await;
+        // Port 0 is refused by the config loader; here it just picks a free port.
+        let listener = listener.unwrap();
+        let addr = listener.local_addrs()[0];
+        let wait = tokio::spawn(async move {
+            listener
+                .wait("http://127.0.0.1:0/cb", "good", Duration::from_secs(20))
+                .await
+        });
+        assert_eq!(
+            get_status(addr, "/cb?error=access_denied&state=good").await,
+            200
+        );
+        let err = wait.await.unwrap().unwrap_err();
+        assert!(matches!(err, LoginError::Denied { .. }), "{err}");
     }
 }

@@ -4,10 +4,11 @@ use std::time::{Duration, SystemTime};
 
 use http::Method;
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use super::{daemon_failure, print_stdout, Failure};
 use crate::cli::{Command, StatusFormat, TokenFormat};
-use crate::client::SocketClient;
+use crate::client::{zeroize_json, SocketClient};
 
 /// Runs a client subcommand.
 pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure> {
@@ -16,10 +17,11 @@ pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure>
             app,
             min_ttl,
             format,
+            ..
         } => token(client, &app, min_ttl, format).await,
-        Command::CredentialProcess { app } => credential_process(client, &app).await,
-        Command::Status { format } => status(client, format).await,
-        Command::Refresh { app } => refresh(client, &app).await,
+        Command::CredentialProcess { app, .. } => credential_process(client, &app).await,
+        Command::Status { format, .. } => status(client, format).await,
+        Command::Refresh { app, .. } => refresh(client, &app).await,
         Command::Serve { .. }
         | Command::CheckConfig
         | Command::Fetch { .. }
@@ -55,35 +57,35 @@ async fn token(
     if let Some(secs) = min_ttl {
         path.push_str(&format!("?min_ttl={secs}"));
     }
-    let answer = client.request(Method::GET, &path, None).await?;
+    let mut answer = client.request(Method::GET, &path, None).await?;
     if !answer.status.is_success() {
         return Err(daemon_failure(&answer));
     }
-    match format {
-        TokenFormat::Raw => {
-            let token = answer
-                .body
-                .get("access_token")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Failure::failed("the daemon's answer has no access_token"))?;
-            print_stdout(&format!("{token}\n"))
-        }
-        TokenFormat::Json => print_stdout(&format!("{}\n", answer.body)),
-    }
+    let printed = match format {
+        TokenFormat::Raw => match answer.body.get("access_token").and_then(Value::as_str) {
+            Some(token) => print_stdout(&Zeroizing::new(format!("{token}\n"))),
+            None => Err(Failure::failed("the daemon's answer has no access_token")),
+        },
+        TokenFormat::Json => print_stdout(&Zeroizing::new(format!("{}\n", answer.body))),
+    };
+    zeroize_json(&mut answer.body);
+    printed
 }
 
 async fn credential_process(client: &SocketClient, app: &str) -> Result<(), Failure> {
-    let answer = client
+    let mut answer = client
         .request(Method::GET, &app_path(app, "credentials")?, None)
         .await?;
     if !answer.status.is_success() {
         return Err(daemon_failure(&answer));
     }
-    print_stdout(&format!("{}\n", answer.body))
+    let printed = print_stdout(&Zeroizing::new(format!("{}\n", answer.body)));
+    zeroize_json(&mut answer.body);
+    printed
 }
 
 async fn refresh(client: &SocketClient, app: &str) -> Result<(), Failure> {
-    let answer = client
+    let mut answer = client
         .request(Method::POST, &app_path(app, "refresh")?, None)
         .await?;
     if !answer.status.is_success() {
@@ -95,6 +97,8 @@ async fn refresh(client: &SocketClient, app: &str) -> Result<(), Failure> {
         .and_then(Value::as_str)
         .unwrap_or("?");
     eprintln!("{app}: refreshed; expires at {expires}");
+    // The answer is the token JSON: wiped, though only its expiry was shown.
+    zeroize_json(&mut answer.body);
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! `iamtokend login APP`: PKCE S256 verifier and challenge, a random state, the authorize URL
-//! (printed, and opened unless `--no-browser`), a one-shot loopback listener on the app's
+//! (printed, and opened unless `--no-browser`), a loopback listener on every address of the app's
 //! `redirect_uri`, then code + verifier to the daemon, which makes the token call.
 //!
 //! The URL and progress go to stderr: stdout carries only requested output, and a login

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command};
-use crate::client::{Answer, ClientError, SocketClient};
+use crate::client::{Answer, ClientError, SocketClient, TrustedServers};
 use crate::config::paths::{self, Env};
 
 /// A failed command: its exit code and one line for stderr.
@@ -44,7 +44,9 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(err: ClientError) -> Failure {
         let code = match err {
-            ClientError::Unreachable { .. } => 3,
+            ClientError::Unreachable { .. }
+            | ClientError::Untrusted { .. }
+            | ClientError::Timeout { .. } => 3,
             ClientError::Protocol(_) => 1,
         };
         Failure {
@@ -70,11 +72,22 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             show_secrets,
         } => fetch::run(&config_file, &app, format, show_secrets).await,
         command => {
-            let socket = cli
-                .socket
-                .clone()
-                .unwrap_or_else(|| client_socket(&config_file, &env));
-            let client = SocketClient::new(&socket);
+            let sockets = match cli.socket.clone() {
+                Some(socket) => vec![socket],
+                None => client_sockets(&config_file, &env),
+            };
+            // The subcommand's own `--timeout` wins over the one before it.
+            let timeout = command
+                .client_args()
+                .and_then(|a| a.timeout)
+                .or(cli.timeout)
+                .map_or(
+                    crate::client::DEFAULT_TIMEOUT,
+                    std::time::Duration::from_secs,
+                );
+            let client = SocketClient::with_candidates(sockets)
+                .with_timeout(timeout)
+                .with_trust(TrustedServers::new(cli.server_uid));
             match command {
                 Command::Login {
                     app,
@@ -105,10 +118,11 @@ fn holds_secrets(command: &Command) -> bool {
     )
 }
 
-/// Where a client finds the daemon without `--socket`: the config's `[server] socket` if the
-/// main file is readable and sets it, else the default paths. Only the main file is read (not
-/// the apps), so a client that may not read app files still finds the socket.
-fn client_socket(config_file: &Path, env: &Env) -> PathBuf {
+/// Where a client looks for the daemon without `--socket`: the config's `[server] socket` if
+/// the main file is readable and sets it, else the default paths (the user socket, then the
+/// system one). Only the main file is read (not the apps), so a client that may not read app
+/// files still finds the socket.
+fn client_sockets(config_file: &Path, env: &Env) -> Vec<PathBuf> {
     let configured = std::fs::read_to_string(config_file)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
@@ -120,7 +134,7 @@ fn client_socket(config_file: &Path, env: &Env) -> PathBuf {
                 _ => socket,
             })
         });
-    paths::socket_path(configured.as_deref(), env)
+    paths::client_sockets(configured.as_deref(), env)
 }
 
 /// Prints to stdout; a closed pipe (`| head`) is not an error.

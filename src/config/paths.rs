@@ -19,6 +19,10 @@ const SOCKET_FILE_NAME: &str = "iamtokend.sock";
 const SYSTEM_CONFIG_FILE: &str = "/etc/iamtokend/iamtokend.toml";
 /// Socket when no runtime directory is known.
 const SYSTEM_SOCKET: &str = "/run/iamtokend/iamtokend.sock";
+/// Test only: replaces [`SYSTEM_SOCKET`] in a client's fallback list, so a test can stand a
+/// "system" daemon up without root. It adds no power: whoever sets a client's environment can
+/// set `IAMTOKEND_SOCKET` as well.
+const TEST_SYSTEM_SOCKET_VAR: &str = "IAMTOKEND_TEST_SYSTEM_SOCKET";
 /// State dir for root (or when no home directory can be found).
 const SYSTEM_STATE_DIR: &str = "/var/lib/iamtokend";
 
@@ -135,6 +139,26 @@ pub fn socket_path(configured: Option<&Path>, env: &Env) -> PathBuf {
     PathBuf::from(SYSTEM_SOCKET)
 }
 
+/// Where a client subcommand looks for the daemon when `--socket` / `$IAMTOKEND_SOCKET` is
+/// not given, in order: `[server] socket`, or `$RUNTIME_DIRECTORY/iamtokend.sock`, alone when
+/// set; otherwise the user socket under `$XDG_RUNTIME_DIR` (when set) and then the system one
+/// (a login session sets `XDG_RUNTIME_DIR` on a host that may run only the system service).
+pub(crate) fn client_sockets(configured: Option<&Path>, env: &Env) -> Vec<PathBuf> {
+    if configured.is_some() || env.first_dir("RUNTIME_DIRECTORY").is_some() {
+        return vec![socket_path(configured, env)];
+    }
+    let system = env
+        .var(TEST_SYSTEM_SOCKET_VAR)
+        .map_or_else(|| PathBuf::from(SYSTEM_SOCKET), PathBuf::from);
+    match env.var("XDG_RUNTIME_DIR") {
+        Some(dir) => vec![
+            Path::new(dir).join("iamtokend").join(SOCKET_FILE_NAME),
+            system,
+        ],
+        None => vec![system],
+    }
+}
+
 /// The state dir: `[state] dir` > `$STATE_DIRECTORY` > `/var/lib/iamtokend` when root >
 /// the user's data dir (`~/.local/share/iamtokend`).
 pub fn state_dir(configured: Option<&Path>, env: &Env) -> PathBuf {
@@ -217,6 +241,38 @@ mod tests {
         );
         let env = Env::for_test(&[], true, home);
         assert_eq!(socket_path(None, &env), p("/run/iamtokend/iamtokend.sock"));
+    }
+
+    #[test]
+    fn clients_try_the_user_socket_then_the_system_one() {
+        let home = Path::new(HOME);
+        let xdg = ("XDG_RUNTIME_DIR", "/run/user/1000");
+        let env = Env::for_test(&[xdg], false, home);
+        assert_eq!(
+            client_sockets(None, &env),
+            vec![
+                p("/run/user/1000/iamtokend/iamtokend.sock"),
+                p("/run/iamtokend/iamtokend.sock")
+            ]
+        );
+        let env = Env::for_test(&[], false, home);
+        assert_eq!(
+            client_sockets(None, &env),
+            vec![p("/run/iamtokend/iamtokend.sock")]
+        );
+        // A configured socket or systemd's runtime directory is the one place to look.
+        let env = Env::for_test(&[xdg, ("RUNTIME_DIRECTORY", "/run/sd")], false, home);
+        assert_eq!(
+            client_sockets(None, &env),
+            vec![p("/run/sd/iamtokend.sock")]
+        );
+        let env = Env::for_test(&[xdg], false, home);
+        assert_eq!(
+            client_sockets(Some(Path::new("/cfg.sock")), &env),
+            vec![p("/cfg.sock")]
+        );
+        let env = Env::for_test(&[xdg, (TEST_SYSTEM_SOCKET_VAR, "/tmp/t.sock")], false, home);
+        assert_eq!(client_sockets(None, &env)[1], p("/tmp/t.sock"));
     }
 
     #[test]

@@ -207,27 +207,123 @@ async fn a_login_nobody_finishes_times_out() {
     daemon.wait_state("portal", "needs_login", 5).await;
 }
 
+/// A redirect with a state that is not the login's (anyone on the host can send one) gets the
+/// error page and does not end the login: the real redirect that follows completes it.
+/// (Until issue 14 one wrong state ended the login; the contract now wants it waited past.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redirect_with_a_wrong_state_is_refused() {
+async fn a_wrong_state_is_refused_and_the_login_keeps_waiting_for_the_right_one() {
     let (env, daemon, _) = portal_env().await;
     env.sim.set_authorize_state(Some("forged-state"));
-    let mut login = Login::start(&env, &daemon, "portal", &[]);
+    let mut login = Login::start(&env, &daemon, "portal", &["--timeout", "60"]);
     let url = login.url().await;
     let (_, location, _) = http_get(&url).await;
-    let (status, _, page) = http_get(&location.unwrap()).await;
+    let forged = location.unwrap();
+    let forged_code = url::Url::parse(&forged)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("the forged redirect carries a code");
+    let (status, _, page) = http_get(&forged).await;
     assert_eq!(status, 400, "{page}");
-    let (code, _, stderr) = login.finish().await;
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("does not match this login"), "{stderr}");
+    assert!(page.contains("still waiting"), "{page}");
+    // A second forgery, then the browser's real redirect.
+    let (status, _, _) = http_get(&forged).await;
+    assert_eq!(status, 400);
     assert!(
-        env.sim.calls().is_empty()
-            || env
-                .sim
-                .calls()
-                .iter()
-                .all(|c| c.client_id.as_deref() != Some(&client_id("portal"))),
+        env.sim
+            .calls()
+            .iter()
+            .all(|c| c.client_id.as_deref() != Some(&client_id("portal"))),
         "no code exchange on a forged redirect"
     );
+    env.sim.set_authorize_state(None);
+    let (_, location, _) = http_get(&url).await;
+    let (status, _, page) = http_get(&location.unwrap()).await;
+    assert_eq!(status, 200, "{page}");
+    let (code, stdout, stderr) = login.finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr.matches("whose state is not this login's").count(),
+        2,
+        "each forgery is reported: {stderr}"
+    );
+    assert!(!stderr.contains(&forged_code), "a code on stderr: {stderr}");
+    assert!(stderr.contains("Logged in: portal is ready"), "{stderr}");
+    daemon.wait_state("portal", "ready", 5).await;
+}
+
+/// With a `localhost` redirect the listener holds both loopback addresses, so another program
+/// cannot take `[::1]:PORT` (where a browser resolving `localhost` to ::1 would send the code);
+/// the redirect works through either address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_localhost_redirect_holds_both_loopback_addresses() {
+    let env = TestEnv::new(3600).await;
+    let port = free_port();
+    let redirect = format!("http://localhost:{port}/callback");
+    env.authcode_app("portal", &redirect);
+    let daemon = env.daemon().await;
+    daemon.wait_state("portal", "needs_login", 10).await;
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let mut login = Login::start(&env, &daemon, "portal", &["--timeout", "60"]);
+    let url = login.url().await;
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
+        "127.0.0.1:{port} is not held by the login"
+    );
+    if ipv6 {
+        let attacker = std::net::TcpListener::bind(("::1", port));
+        assert!(
+            attacker.is_err(),
+            "another program could bind [::1]:{port} while the login waits"
+        );
+    } else {
+        eprintln!("skipping the [::1] part: this machine has no IPv6 loopback");
+    }
+    let (_, location, _) = http_get(&url).await;
+    let location = location.unwrap();
+    assert!(location.starts_with(&redirect), "{location}");
+    let browser = if ipv6 {
+        location.replacen("localhost", "[::1]", 1)
+    } else {
+        location.replacen("localhost", "127.0.0.1", 1)
+    };
+    let (status, _, page) = http_get(&browser).await;
+    assert_eq!(status, 200, "{page}");
+    let (code, _, stderr) = login.finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    daemon.wait_state("portal", "ready", 5).await;
+}
+
+/// An address of the redirect already taken is refused before the URL is printed: whoever
+/// holds it would receive the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_localhost_redirect_with_ipv6_loopback_taken_is_refused() {
+    let Ok(squatter) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipping: this machine has no IPv6 loopback");
+        return;
+    };
+    let port = squatter.local_addr().unwrap().port();
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        eprintln!("skipping: 127.0.0.1:{port} is in use by something else");
+        return;
+    }
+    let env = TestEnv::new(3600).await;
+    env.authcode_app("portal", &format!("http://localhost:{port}/callback"));
+    let daemon = env.daemon().await;
+    daemon.wait_state("portal", "needs_login", 10).await;
+    let (code, _, stderr) = Login::start(&env, &daemon, "portal", &[]).finish().await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on [::1]:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("http://localhost"),
+        "no URL printed: {stderr}"
+    );
+    drop(squatter);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ mod support;
 mod access;
 // Client subcommands, their output and exit codes; `check-config` against the fixtures.
 mod cli;
+// Whom a client believes (server uid), its timeout and answer cap, the socket fallback.
+mod cli_server;
 // Role credentials: `/credentials`, `credential-process` under the AWS SDK, caching, refresh.
 mod credentials;
 // Upstream 500s, resets, hangs, garbled and absurd answers: the end state, no hot loop.
