@@ -15,7 +15,7 @@ use crate::cmd::Failure;
 use crate::config::LogFormat;
 use crate::secret::Secret;
 use crate::sim::{Sim, SimOptions};
-use crate::upstream::oidc::Upstreams;
+use crate::upstream::clients::Upstreams;
 
 /// Lifetime of the simulator's tokens in dev mode.
 pub const DEV_TOKEN_LIFETIME_SECS: u64 = 60;

@@ -13,7 +13,7 @@ use crate::cli::FetchFormat;
 use crate::config::{Config, Grant, LogFormat};
 use crate::grant::{read_assertion, read_secret_file};
 use crate::secret::Secret;
-use crate::upstream::oidc::Upstreams;
+use crate::upstream::clients::Upstreams;
 use crate::upstream::{GrantRequest, IssuedToken};
 
 /// Runs `fetch`.

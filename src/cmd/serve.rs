@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::config::paths::{self, Env};
 use crate::config::Config;
 use crate::server::SocketFile;
-use crate::upstream::oidc::Upstreams;
+use crate::upstream::clients::Upstreams;
 
 /// Serves the config at `file` with the SDK's credentials; `hardened` is what the process
 /// hardening at start achieved, logged here once logging is up.
