@@ -2,7 +2,6 @@
 //! with hyper, and drains on shutdown. The caller binds and supplies the stop signal, so tests
 //! and socket activation hand in their own listener.
 
-pub mod activation;
 pub mod error;
 pub mod peer;
 pub mod routes;
