@@ -1,9 +1,7 @@
 //! `ApiError`: the one place where domain errors become HTTP statuses and error codes
-//! (CONTRACT §5), and the error envelope `{"error": {"code", "message"}}`.
+//! (CONTRACT §5). [`super::response::error_response`] writes the envelope.
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 
 use crate::refresh::ServeError;
 
@@ -99,14 +97,6 @@ impl ApiError {
             "bad_request",
             format!("the request body is larger than {limit} bytes"),
         )
-    }
-
-    /// The answer.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": { "code": self.code, "message": self.message }
-        });
-        super::routes::json_response(self.status, &body)
     }
 }
 

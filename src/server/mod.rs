@@ -1,9 +1,13 @@
-//! The socket server: binds the Unix socket (mode, stale-socket takeover), serves HTTP/1.1
-//! with hyper, and drains on shutdown. The caller binds and supplies the stop signal, so tests
-//! and socket activation hand in their own listener.
+//! The socket server: binds the Unix socket (mode, stale-socket takeover), accepts
+//! connections within the slot limits and hands each to a [`connection::Connection`], and
+//! drains on shutdown. The caller binds and supplies the stop signal, so tests and socket
+//! activation hand in their own listener. The route table and handlers are in [`routes`],
+//! the answer bytes in [`response`], the status and code of each error in [`error`].
 
+mod connection;
 pub mod error;
 pub mod peer;
+pub mod response;
 pub mod routes;
 
 use std::collections::HashMap;
@@ -14,15 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use error::ApiError;
+use connection::{Bucket, Connection};
 use peer::Peer;
 
 /// How long requests in flight may run once shutdown starts (CONTRACT §6).
@@ -124,8 +127,8 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// How long a new connection over a limit waits for a slot before its 503.
     pub slot_wait: Duration,
-    /// Requests that may cause upstream work (see [`charged`]) one connection may sustain
-    /// per second...
+    /// Requests that may cause upstream work (see [`routes::Upstream`]) one connection may
+    /// sustain per second...
     pub requests_per_second: f64,
     /// ... after a burst of this many. Over: 429 `rate_limited`, then the connection closes.
     pub request_burst: f64,
@@ -188,52 +191,21 @@ pub async fn run_with_limits(
                             continue;
                         }
                     };
-                    let ctx = ctx.clone();
-                    let slots = slots.clone();
-                    let burst = limits.request_burst;
-                    let rate = limits.requests_per_second;
-                    let wait = limits.slot_wait;
-                    let http = http.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let Some(slot) = slots.take(peer.uid, wait).await else {
-                            debug!(uid = peer.uid, pid = peer.pid, "too many connections; refusing");
-                            // Never waits: a fresh socket's send buffer takes these few bytes,
-                            // and a peer that does not read must not hold a task.
-                            let _ = stream.try_write(BUSY_ANSWER.as_bytes());
-                            return;
-                        };
-                        let bucket = Arc::new(std::sync::Mutex::new(Bucket::new(
-                            burst,
-                            rate,
+                    let connection = Connection {
+                        stream,
+                        peer,
+                        ctx: ctx.clone(),
+                        slots: slots.clone(),
+                        slot_wait: limits.slot_wait,
+                        http: http.clone(),
+                        watcher: graceful.watcher(),
+                        rate: Bucket::new(
+                            limits.request_burst,
+                            limits.requests_per_second,
                             tokio::time::Instant::now(),
-                        )));
-                        let service = service_fn(move |request| {
-                            let (ctx, peer, bucket) = (ctx.clone(), peer.clone(), bucket.clone());
-                            async move {
-                                let allowed = !charged(request.method(), request.uri())
-                                    || bucket
-                                        .lock()
-                                        .unwrap_or_else(|p| p.into_inner())
-                                        .take(tokio::time::Instant::now());
-                                if !allowed {
-                                    debug!(uid = peer.uid, pid = peer.pid, "request rate over the limit; closing");
-                                    let mut answer = ApiError::rate_limited().into_response();
-                                    answer.headers_mut().insert(
-                                        http::header::CONNECTION,
-                                        http::HeaderValue::from_static("close"),
-                                    );
-                                    return Ok::<_, std::convert::Infallible>(answer);
-                                }
-                                Ok(routes::handle(request, &ctx, &peer).await)
-                            }
-                        });
-                        let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                        if let Err(e) = connection.await {
-                            debug!(error = %e, "connection ended with an error");
-                        }
-                        drop(slot);
-                    });
+                        ),
+                    };
+                    tokio::spawn(connection.run());
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -251,17 +223,8 @@ pub async fn run_with_limits(
     }
 }
 
-/// What a connection over the limits gets before it is closed, written without reading
-/// its request (HTTP allows an early answer; the client sees it and the close).
-const BUSY_ANSWER: &str = "HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\n\
-connection: close\r\n\
-content-length: 98\r\n\
-\r\n\
-{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; try again shortly\"}}";
-
 /// Connection slots: a total and a per-uid share, each a semaphore.
-struct Slots {
+pub(crate) struct Slots {
     total: Arc<Semaphore>,
     per_uid_max: usize,
     /// One semaphore per uid seen (bounded by the uids on the host). std `Mutex`: held for
@@ -270,7 +233,7 @@ struct Slots {
 }
 
 /// One open connection's slot; both permits are released on drop.
-struct Slot {
+pub(crate) struct Slot {
     _uid: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
 }
@@ -291,7 +254,7 @@ impl Slots {
     /// The short wait is for churn, not for hostile clients: a connection's slot is freed
     /// only once its task has seen the peer's close, and under load that lags the peer's
     /// next connect.
-    async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
+    pub(crate) async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
         let share = {
             let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(uid)
@@ -312,68 +275,9 @@ impl Slots {
     }
 }
 
-/// Whether a request counts against its connection's rate: those that can make the daemon
-/// call upstream however fresh the cached token is (a forced refresh, a login, a `min_ttl`,
-/// role credentials). Cached reads (health, the app list, a token, metrics) are not charged:
-/// they cost microseconds, a client may legitimately read its token at any rate, and one
-/// connection is one task, so a flood of them cannot starve other clients.
-pub fn charged(method: &http::Method, uri: &http::Uri) -> bool {
-    *method != http::Method::GET
-        || uri.path().ends_with("/credentials")
-        || uri.query().is_some_and(|q| q.contains("min_ttl"))
-}
-
-/// A token bucket: `burst` requests at once, refilled at `rate` per second.
-///
-/// Worked example with the defaults (burst 200, 50/s): a client pipelining 1000 requests gets
-/// about 200 answers plus what refills while they are served, then one 429 and a close; a
-/// client polling every 100 ms never comes near the limit.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    burst: f64,
-    rate: f64,
-    last: tokio::time::Instant,
-}
-
-impl Bucket {
-    fn new(burst: f64, rate: f64, now: tokio::time::Instant) -> Bucket {
-        Bucket {
-            tokens: burst,
-            burst,
-            rate,
-            last: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    fn take(&mut self, now: tokio::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn busy_answer_is_well_formed() {
-        let (head, body) = BUSY_ANSWER.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.contains(&format!("content-length: {}", body.len())),
-            "{head}"
-        );
-        let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(json["error"]["code"], "too_many_connections");
-    }
 
     #[tokio::test(start_paused = true)]
     async fn slots_are_bounded_per_uid_and_in_total() {
@@ -412,39 +316,5 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         drop(held);
         assert!(waiter.await.unwrap());
-    }
-
-    #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
-        let t0 = tokio::time::Instant::now();
-        let mut bucket = Bucket::new(3.0, 2.0, t0);
-        assert!(bucket.take(t0) && bucket.take(t0) && bucket.take(t0));
-        assert!(!bucket.take(t0), "burst spent");
-        assert!(
-            !bucket.take(t0 + Duration::from_millis(400)),
-            "0.8 of a token"
-        );
-        assert!(
-            bucket.take(t0 + Duration::from_millis(500)),
-            "refilled to 1"
-        );
-        // A long pause refills to the burst, not beyond.
-        let later = t0 + Duration::from_secs(3600);
-        assert!((0..3).all(|_| bucket.take(later)));
-        assert!(!bucket.take(later));
-    }
-
-    #[test]
-    fn only_requests_that_may_call_upstream_are_charged() {
-        let charged = |m: http::Method, u: &str| super::charged(&m, &u.parse().unwrap());
-        assert!(!charged(http::Method::GET, "/v1/health"));
-        assert!(!charged(http::Method::GET, "/v1/apps"));
-        assert!(!charged(http::Method::GET, "/v1/apps/a/token"));
-        assert!(!charged(http::Method::GET, "/metrics"));
-        assert!(charged(http::Method::GET, "/v1/apps/a/token?min_ttl=60"));
-        assert!(charged(http::Method::GET, "/v1/apps/a/credentials"));
-        assert!(charged(http::Method::POST, "/v1/apps/a/refresh"));
-        assert!(charged(http::Method::POST, "/v1/apps/a/login"));
-        assert!(charged(http::Method::DELETE, "/v1/health"));
     }
 }
