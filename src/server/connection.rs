@@ -18,9 +18,9 @@ use tokio::net::UnixStream;
 use tracing::debug;
 
 use super::error::ApiError;
+use super::handlers::{self, Ctx};
 use super::peer::Peer;
 use super::response::error_response;
-use super::routes::{self, Ctx};
 use super::Slots;
 
 /// One accepted connection and what serving it needs. Built by the accept loop, run on its
@@ -94,7 +94,7 @@ impl Requests {
     /// answered, or refused with 429 `rate_limited` and `connection: close` when this
     /// connection is over its rate.
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let route = routes::route_of(&request, &self.ctx.broker);
+        let route = handlers::route_of(&request, &self.ctx.broker);
         let allowed = !route.charged
             || self
                 .rate
@@ -114,7 +114,7 @@ impl Requests {
             );
             return answer;
         }
-        routes::handle(route, request, &self.ctx, &self.peer).await
+        handlers::handle(route, request, &self.ctx, &self.peer).await
     }
 }
 

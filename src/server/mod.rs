@@ -1,11 +1,13 @@
 //! The socket server: binds the Unix socket (mode, stale-socket takeover), accepts
 //! connections within the slot limits and hands each to a [`connection::Connection`], and
 //! drains on shutdown. The caller binds and supplies the stop signal, so tests and socket
-//! activation hand in their own listener. The route table and handlers are in [`routes`],
-//! the answer bytes in [`response`], the status and code of each error in [`error`].
+//! activation hand in their own listener. The route table is [`routes`], one function per
+//! route is `handlers`, the answer bytes are [`response`], the status and code of each error
+//! [`error`].
 
 mod connection;
 pub mod error;
+mod handlers;
 pub mod peer;
 pub mod response;
 pub mod routes;
@@ -163,7 +165,7 @@ pub async fn run_with_limits(
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) {
-    let ctx = Arc::new(routes::Ctx {
+    let ctx = Arc::new(handlers::Ctx {
         broker,
         daemon_uid: nix::unistd::geteuid().as_raw(),
         body_timeout: limits.body_timeout,
