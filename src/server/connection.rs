@@ -1,8 +1,9 @@
-//! One accepted connection, from its slot to its close: [`Connection::run`] takes a slot (or
-//! answers 503 and closes), serves HTTP/1.1 on the stream with hyper, resolves each request
+//! One accepted connection, from its slot to its close: [`Connection::run`] takes one of the
+//! [`Slots`] (or answers 503 and closes), serves HTTP/1.1 on the stream with hyper, resolves each request
 //! against the route table once, charges the ones that may call upstream to the connection's
 //! rate, and hands the rest to the handlers.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,13 +16,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::error::ApiError;
 use super::handlers::{self, Ctx};
 use super::peer::Peer;
 use super::response::error_response;
-use super::Slots;
 
 /// One accepted connection and what serving it needs. Built by the accept loop, run on its
 /// own task, so a slow connection never holds up another.
@@ -164,6 +165,58 @@ impl Bucket {
     }
 }
 
+/// Connection slots: a total and a per-uid share, each a semaphore.
+pub(crate) struct Slots {
+    total: Arc<Semaphore>,
+    per_uid_max: usize,
+    /// One semaphore per uid seen (bounded by the uids on the host). std `Mutex`: held for
+    /// a map lookup, never across an await.
+    per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
+}
+
+/// One open connection's slot; both permits are released on drop.
+struct Slot {
+    _uid: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    pub(crate) fn new(total: usize, per_uid_max: usize) -> Slots {
+        Slots {
+            total: Arc::new(Semaphore::new(total)),
+            per_uid_max,
+            per_uid: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for a connection of `uid`, waiting up to `wait` for one to free up; `None`
+    /// when the uid's share or the total stays used up. The uid's share is taken first, so
+    /// a uid over its share never holds total slots while it waits.
+    ///
+    /// The short wait is for churn, not for hostile clients: a connection's slot is freed
+    /// only once its task has seen the peer's close, and under load that lags the peer's
+    /// next connect.
+    async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
+        let share = {
+            let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(uid)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_uid_max)))
+                .clone()
+        };
+        tokio::time::timeout(wait, async {
+            let uid_permit = share.acquire_owned().await.ok()?;
+            let total_permit = self.total.clone().acquire_owned().await.ok()?;
+            Some(Slot {
+                _uid: uid_permit,
+                _total: total_permit,
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +250,44 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert!((0..3).all(|_| bucket.take(later)));
         assert!(!bucket.take(later));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_bounded_per_uid_and_in_total() {
+        let wait = Duration::from_secs(1);
+        let slots = Slots::new(3, 2);
+        let a1 = slots.take(1, wait).await.unwrap();
+        let _a2 = slots.take(1, wait).await.unwrap();
+        assert!(
+            slots.take(1, wait).await.is_none(),
+            "uid 1's share is used up"
+        );
+        let _b1 = slots.take(2, wait).await.unwrap();
+        assert!(slots.take(3, wait).await.is_none(), "the total is used up");
+        drop(a1);
+        assert!(
+            slots.take(1, wait).await.is_some(),
+            "a closed connection frees its slot"
+        );
+        // A uid over its share does not hold total slots while it waits.
+        let slots = Slots::new(10, 1);
+        let _x = slots.take(7, wait).await.unwrap();
+        for _ in 0..20 {
+            assert!(slots.take(7, wait).await.is_none());
+        }
+        assert_eq!(slots.total.available_permits(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_during_the_wait_is_taken() {
+        let slots = Arc::new(Slots::new(1, 1));
+        let held = slots.take(1, Duration::ZERO).await.unwrap();
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(1, Duration::from_secs(1)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(held);
+        assert!(waiter.await.unwrap());
     }
 }

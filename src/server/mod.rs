@@ -12,22 +12,20 @@ pub mod peer;
 pub mod response;
 pub mod routes;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use connection::{Bucket, Connection};
+use connection::{Bucket, Connection, Slots};
 use peer::Peer;
 
 /// How long requests in flight may run once shutdown starts (CONTRACT §6).
@@ -222,101 +220,5 @@ pub async fn run_with_limits(
     tokio::select! {
         _ = graceful.shutdown() => debug!("all connections drained"),
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("requests still in flight after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs()),
-    }
-}
-
-/// Connection slots: a total and a per-uid share, each a semaphore.
-pub(crate) struct Slots {
-    total: Arc<Semaphore>,
-    per_uid_max: usize,
-    /// One semaphore per uid seen (bounded by the uids on the host). std `Mutex`: held for
-    /// a map lookup, never across an await.
-    per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
-}
-
-/// One open connection's slot; both permits are released on drop.
-pub(crate) struct Slot {
-    _uid: OwnedSemaphorePermit,
-    _total: OwnedSemaphorePermit,
-}
-
-impl Slots {
-    fn new(total: usize, per_uid_max: usize) -> Slots {
-        Slots {
-            total: Arc::new(Semaphore::new(total)),
-            per_uid_max,
-            per_uid: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A slot for a connection of `uid`, waiting up to `wait` for one to free up; `None`
-    /// when the uid's share or the total stays used up. The uid's share is taken first, so
-    /// a uid over its share never holds total slots while it waits.
-    ///
-    /// The short wait is for churn, not for hostile clients: a connection's slot is freed
-    /// only once its task has seen the peer's close, and under load that lags the peer's
-    /// next connect.
-    pub(crate) async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
-        let share = {
-            let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(uid)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_uid_max)))
-                .clone()
-        };
-        tokio::time::timeout(wait, async {
-            let uid_permit = share.acquire_owned().await.ok()?;
-            let total_permit = self.total.clone().acquire_owned().await.ok()?;
-            Some(Slot {
-                _uid: uid_permit,
-                _total: total_permit,
-            })
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn slots_are_bounded_per_uid_and_in_total() {
-        let wait = Duration::from_secs(1);
-        let slots = Slots::new(3, 2);
-        let a1 = slots.take(1, wait).await.unwrap();
-        let _a2 = slots.take(1, wait).await.unwrap();
-        assert!(
-            slots.take(1, wait).await.is_none(),
-            "uid 1's share is used up"
-        );
-        let _b1 = slots.take(2, wait).await.unwrap();
-        assert!(slots.take(3, wait).await.is_none(), "the total is used up");
-        drop(a1);
-        assert!(
-            slots.take(1, wait).await.is_some(),
-            "a closed connection frees its slot"
-        );
-        // A uid over its share does not hold total slots while it waits.
-        let slots = Slots::new(10, 1);
-        let _x = slots.take(7, wait).await.unwrap();
-        for _ in 0..20 {
-            assert!(slots.take(7, wait).await.is_none());
-        }
-        assert_eq!(slots.total.available_permits(), 9);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_freed_during_the_wait_is_taken() {
-        let slots = Arc::new(Slots::new(1, 1));
-        let held = slots.take(1, Duration::ZERO).await.unwrap();
-        let waiter = {
-            let slots = slots.clone();
-            tokio::spawn(async move { slots.take(1, Duration::from_secs(1)).await.is_some() })
-        };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        drop(held);
-        assert!(waiter.await.unwrap());
     }
 }
