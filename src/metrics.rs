@@ -255,7 +255,7 @@ fn outcome(result: Result<(), &UpstreamError>) -> &'static str {
 /// What the per-app gauges show of one app, read from its snapshot at scrape time.
 #[derive(Debug, Clone)]
 pub struct AppSample {
-    /// App name (from the config).
+    /// The `app` label: the name from the config, never client text.
     pub app: String,
     /// The state a reader would report now.
     pub state: AppState,

@@ -1,7 +1,7 @@
 //! One accepted connection, from its slot to its close: [`Connection::run`] takes one of the
-//! [`Slots`] (or answers 503 and closes), serves HTTP/1.1 on the stream with hyper, resolves each request
-//! against the route table once, charges the ones that may call upstream to the connection's
-//! rate, and hands the rest to the handlers.
+//! [`Slots`] (or answers 503 and closes), serves HTTP/1.1 on the stream with hyper, resolves
+//! each request against the route table once, charges the ones that may call upstream to the
+//! connection's rate, and hands the rest to the handlers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,9 @@ pub(crate) struct Connection {
 /// What every request of one connection shares: one per connection, behind an `Arc` that
 /// hyper's service clones per request.
 struct Requests {
+    /// Handed to each handler.
     ctx: Arc<Ctx>,
+    /// Checked against each app's `[access]`, and named in the logs.
     peer: Arc<Peer>,
     /// std `Mutex`: held to take one token, never across an await.
     rate: Mutex<Bucket>,

@@ -8,11 +8,12 @@ use crate::refresh::ServeError;
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// HTTP status.
+    /// The answer's status (CONTRACT §5's table).
     pub status: StatusCode,
-    /// snake_case code.
+    /// The envelope's `error.code`: a fixed snake_case word, never client text.
     pub code: &'static str,
-    /// One human sentence.
+    /// The envelope's `error.message`: one sentence; any client text in it is bounded and
+    /// quoted.
     pub message: String,
 }
 

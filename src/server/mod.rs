@@ -44,7 +44,7 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
-    /// The socket path.
+    /// Where the socket was bound (and what drop removes).
     pub fn path(&self) -> &Path {
         &self.path
     }
