@@ -12,10 +12,10 @@
 //! - [`broker`]: the running apps, started in dependency order; SIGHUP reload.
 //! - [`login`]: the browser half of `iamtokend login` (authorize URL, loopback listener).
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
-//! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
+//! - [`cli`], [`cmd`]: the command line (`cmd::dev` is `serve --dev`); `main.rs` maps results
+//!   to exit codes.
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
-//! - [`notify`]: systemd notifications and the watchdog; [`server::activation`]: socket
-//!   activation.
+//! - [`systemd`]: sd_notify notifications, the watchdog and `STATUS=` line, socket activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
 //! - [`harden`]: non-dumpable, no core files, for the commands that hold secrets.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
@@ -27,13 +27,11 @@ pub mod client;
 pub mod clock;
 pub mod cmd;
 pub mod config;
-pub mod dev;
 pub mod grant;
 pub mod harden;
 pub mod logging;
 pub mod login;
 pub mod metrics;
-pub mod notify;
 pub mod pkce;
 pub mod refresh;
 pub mod secret;
@@ -41,4 +39,5 @@ pub mod server;
 pub mod signals;
 pub mod sim;
 pub mod store;
+pub mod systemd;
 pub mod upstream;
