@@ -64,6 +64,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let env = Env::from_process();
     let config_file = paths::config_file(cli.config.as_deref(), &env);
     match cli.command {
+        Command::Completions { shell } => print_stdout(&shell.script()),
         Command::Serve { dev: true } => dev::run().await,
         Command::Serve { dev: false } => serve::run(&config_file, hardened).await,
         Command::CheckConfig => check_config::run(&config_file),
