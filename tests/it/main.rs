@@ -10,6 +10,8 @@ mod support;
 
 // Per-app `[access]` from peer credentials: 403, a filtered `/v1/apps`, a second uid as root.
 mod access;
+// `login` driven by headless Chromium: the redirect, the rendered pages, a screenshot.
+mod browser;
 // Client subcommands, their output and exit codes; `check-config` against the fixtures.
 mod cli;
 // Whom a client believes (server uid), its timeout and answer cap, the socket fallback.
