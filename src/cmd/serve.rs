@@ -40,6 +40,9 @@ pub async fn serve(
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
 ) -> Result<(), Failure> {
+    if let Some(why) = crate::clock::refuse_test_controls() {
+        return Err(Failure::failed(why));
+    }
     crate::notify::init();
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;

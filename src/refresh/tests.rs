@@ -97,7 +97,7 @@ fn jwt_app(dir: &std::path::Path) -> Arc<AppConfig> {
 
 fn shared(max_backoff: u64) -> Shared {
     Shared::new(
-        Clock::system(),
+        Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
         LivePolicy::new(crate::refresh::policy::Policy {
             at: 0.5,
             jitter: 0.0,
@@ -216,7 +216,9 @@ async fn min_ttl_requests_join_one_refresh() {
 async fn failures_back_off_serve_last_good_then_expire() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = FakeIssuer::new(120);
-    let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared(30), None);
+    let shared = shared(30);
+    let clock = shared.clock.clone();
+    let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
     until_ready(&handle).await;
     for _ in 0..50 {
         issuer.push(Err(UpstreamError::transient("server_error", "boom")));
@@ -249,9 +251,7 @@ async fn failures_back_off_serve_last_good_then_expire() {
         "{err:?}"
     );
     assert_eq!(
-        handle
-            .snapshot()
-            .effective_state(tokio::time::Instant::now()),
+        handle.snapshot().effective_state(clock.now()),
         AppState::Expired
     );
 }
