@@ -349,4 +349,47 @@ mod tests {
         assert!(Arc::ptr_eq(&creds, &again));
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
     }
+
+    /// Credentials that expired while the machine was suspended are never served: the cache
+    /// judges on the boottime now, and the new set lives its hour from the resume.
+    #[tokio::test(start_paused = true)]
+    async fn credentials_that_died_in_a_suspend_are_replaced() {
+        let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let source = Source {
+            token: Arc::new(Token {
+                access_token: Secret::new("t"),
+                token_type: "Bearer".into(),
+                expires_at: clock.now() + Duration::from_secs(10 * 3600),
+                expires_at_wall: clock.wall_now(),
+                scopes: None,
+                issued_token_type: None,
+                id_token: None,
+                identity_context: Some(Secret::new("ctx")),
+                rendered: std::sync::OnceLock::new(),
+            }),
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let sts = Arc::new(Sts {
+            clock: clock.clone(),
+            // The first call's scripted failure is skipped.
+            calls: AtomicUsize::new(1),
+        });
+        let cache = CredentialCache::new(
+            sts.clone(),
+            LivePolicy::new(Policy::default()),
+            clock.clone(),
+            Arc::new(Semaphore::new(1)),
+        )
+        .with_sample(|| 0.0);
+        let first = cache.get(&source).await.unwrap();
+        // 10 min suspended: 50 min left, before the refresh point (24 min): the cached set.
+        clock.suspend_for(Duration::from_secs(600));
+        assert!(Arc::ptr_eq(&first, &cache.get(&source).await.unwrap()));
+        // 2 h more: the cached set expired in the suspend; a new one is fetched.
+        clock.suspend_for(Duration::from_secs(7200));
+        let fresh = cache.get(&source).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(fresh.expires_at - clock.now(), Duration::from_secs(3600));
+    }
 }
