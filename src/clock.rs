@@ -295,6 +295,20 @@ impl Clock {
         }
     }
 
+    /// The live wall clock minus the daemon's, in milliseconds. Injected suspend is taken out:
+    /// a real suspend moves the live clock too, a simulated one does not.
+    fn wall_skew(&self) -> i128 {
+        let injected = Duration::from_nanos(self.inner.injected.load(Ordering::Relaxed));
+        let ours = self
+            .wall_now()
+            .checked_sub(injected)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.live_wall().duration_since(ours) {
+            Ok(d) => d.as_millis() as i128,
+            Err(e) => -(e.duration().as_millis() as i128),
+        }
+    }
+
     /// Adds `d` of suspended time without moving tokio's clock (tests).
     #[cfg(test)]
     pub(crate) fn suspend_for(&self, d: Duration) {
@@ -333,7 +347,7 @@ impl Clock {
         let mut ticks = tokio::time::interval(self.check_every());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = self.suspended();
-        let mut skew = wall_skew(self.live_wall(), self.wall_now());
+        let mut skew = self.wall_skew();
         loop {
             ticks.tick().await;
             #[cfg(debug_assertions)]
@@ -345,7 +359,7 @@ impl Clock {
                 info!(suspend_secs = secs, "resumed after {secs} s of suspend");
                 self.inner.resumes.send_modify(|epoch| *epoch += 1);
             }
-            let now_skew = wall_skew(self.live_wall(), self.wall_now());
+            let now_skew = self.wall_skew();
             if (now_skew - skew).unsigned_abs() > WALL_STEP_THRESHOLD.as_millis() {
                 warn!(
                     step_secs = (now_skew - skew) / 1000,
@@ -362,14 +376,6 @@ impl Clock {
 fn resumed(reported: Duration, now: Duration) -> Option<Duration> {
     let grown = now.saturating_sub(reported);
     (grown > RESUME_THRESHOLD).then_some(grown)
-}
-
-/// `live − ours` in milliseconds.
-fn wall_skew(live: SystemTime, ours: SystemTime) -> i128 {
-    match live.duration_since(ours) {
-        Ok(d) => d.as_millis() as i128,
-        Err(e) => -(e.duration().as_millis() as i128),
-    }
 }
 
 /// Why the daemon must not start: a test control set in a release build. `release` and `set`

@@ -591,6 +591,53 @@ mod suspend {
         );
     }
 
+    /// NTP or `date -s` stepping the system clock 2 h forward, then 2 h back: no resume, no
+    /// call, the same token with the same life and the same printed times.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_step_either_way_neither_refreshes_nor_freshens_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = FakeIssuer::new(3600);
+        let start = std::time::UNIX_EPOCH + S(1_800_000_000);
+        let live = Arc::new(Mutex::new(start));
+        let source = live.clone();
+        let clock = Clock::with_wall_source(move || *source.lock().unwrap());
+        let mut shared = shared(300).with_sample(|| 0.5);
+        shared.clock = clock.clone();
+        tokio::spawn(clock.clone().watch_resumes());
+        let mut resumes = clock.resumes();
+        let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
+        until_ready(&handle).await;
+        let before = handle.snapshot();
+        let token = before.token.clone().unwrap();
+        for (at, step) in [(5 * MIN, 7200i64), (10 * MIN, -7200)] {
+            tokio::time::sleep_until(clock.deadline(BootInstant::from_secs(at))).await;
+            let real = start + S(at);
+            *live.lock().unwrap() = if step > 0 {
+                real + S(step as u64)
+            } else {
+                real - S((-step) as u64)
+            };
+            tokio::time::sleep(RESUME_CHECK * 2).await;
+            assert!(!resumes.has_changed().unwrap(), "a wall step is no resume");
+            let served = handle.token(Duration::ZERO).await.unwrap();
+            assert!(Arc::ptr_eq(&served, &token));
+            assert_eq!(
+                served.expires_at - clock.now(),
+                S(3600) - S(at) - RESUME_CHECK * 2 + Duration::from_millis(50)
+            );
+            let now = handle.snapshot();
+            assert_eq!(now.next_refresh_at, before.next_refresh_at);
+            assert_eq!(served.expires_at_wall, token.expires_at_wall);
+        }
+        assert_eq!(issuer.calls(), 1);
+        // The refresh still comes at its point on the daemon's timeline (30 min after the
+        // issue at 0.05 s), not early or late by the steps.
+        tokio::time::sleep_until(clock.deadline(BootInstant::from_secs(30 * MIN))).await;
+        assert_eq!(issuer.calls(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(issuer.calls(), 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_backoff_that_ran_out_in_the_suspend_retries_after_the_resume() {
         let dir = tempfile::tempdir().unwrap();
