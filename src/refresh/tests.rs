@@ -604,7 +604,7 @@ mod suspend {
         let mut shared = shared(300).with_sample(|| 0.5);
         shared.clock = clock.clone();
         tokio::spawn(clock.clone().watch_resumes());
-        let mut resumes = clock.resumes();
+        let resumes = clock.resumes();
         let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
         until_ready(&handle).await;
         let before = handle.snapshot();
