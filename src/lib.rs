@@ -13,7 +13,8 @@
 //! - [`login`]: the browser half of `iamtokend login` (authorize URL, loopback listener).
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
 //! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
-//! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
+//! - [`clock`]: the one clock (expiry on a boottime timeline) and the resume detector;
+//!   [`secret`]: the one secret type; [`logging`], [`signals`].
 //! - [`notify`]: systemd notifications and the watchdog; [`server::activation`]: socket
 //!   activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.

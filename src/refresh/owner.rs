@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::clock::{BootInstant, Clock};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::attempt::{token_from, Attempt, Failure, Job, Outcome};
 use super::error::ServeError;
@@ -306,7 +306,7 @@ impl Owner {
         }
         self.next_attempt = next;
         let in_secs = next.map(|at| (at - now).as_secs_f64());
-        info!(app = %self.job.app.name, refresh_in = in_secs, "resumed: the refresh came due in the suspend");
+        debug!(app = %self.job.app.name, refresh_in = in_secs, "resumed: the refresh came due in the suspend");
         let clock = self.shared.clock.clone();
         self.publish_with(|s| s.next_refresh_at = next.map(|at| clock.wall(at)));
     }
