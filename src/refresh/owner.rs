@@ -1,16 +1,17 @@
 //! The owner task of one app: it alone calls upstream for its app, holds the refresh token,
-//! saves it in the state dir (on the blocking pool: the store writes and fsyncs), and publishes a [`Snapshot`] on a `watch` channel. It waits for the first of its
-//! timer, a command, the stop signal, or a replaced subject token; runs one attempt at a time
-//! while still answering commands (refresh requests join the call in flight: single flight);
-//! then [`Owner::apply`] turns the outcome into the next state with the pure
-//! [`after_attempt`], and it waits again.
+//! saves it in the state dir (on the blocking pool: the store writes and fsyncs), and
+//! publishes a [`Snapshot`] on a `watch` channel. It waits for the first of its timer (a
+//! point on the clock's boottime timeline), a command, the stop signal, a replaced subject
+//! token, or a resume (a call that came due in the suspend then runs after a small jitter);
+//! runs one attempt at a time while still answering commands (refresh requests join the call
+//! in flight: single flight); then [`Owner::apply`] turns the outcome into the next state
+//! with the pure [`after_attempt`], and it waits again.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{BootInstant, Clock};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -18,6 +19,7 @@ use super::attempt::{token_from, Attempt, Failure, Job, Outcome};
 use super::error::ServeError;
 use super::policy::{after_resume, LivePolicy, Retry};
 use super::state::{after_attempt, AppState, Ending, LastError, Next, Snapshot, Token};
+use crate::clock::{BootInstant, Clock};
 use crate::config::{AppConfig, Grant};
 use crate::secret::Secret;
 use crate::upstream::TokenIssuer;

@@ -1,5 +1,6 @@
-//! Pure refresh and backoff policy: functions of durations, a `now` handed in and a random
-//! sample, with no clock read and no runtime. [`Retry`] is the one retry state of both the
+//! Pure refresh, backoff and resume policy: functions of durations, a `now` (an instant on
+//! the clock's boottime timeline) handed in and a random sample, with no clock read and no
+//! runtime. [`after_resume`] is where a call that came due in a suspend goes. [`Retry`] is the one retry state of both the
 //! token path (the owner task) and role credentials; [`uniform_sample`] is the one place the
 //! engine draws randomness, and the owner and the credential cache hold it as an injected
 //! `fn() -> f64` that tests replace.

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::clock::BootInstant;
-
 use super::policy::{centered, refresh_delay, FailureKind, Policy, Retry};
+use crate::clock::BootInstant;
 use crate::secret::Secret;
 
 /// App states of CONTRACT §4.
