@@ -360,9 +360,9 @@ impl Clock {
                 self.inner.resumes.send_modify(|epoch| *epoch += 1);
             }
             let now_skew = self.wall_skew();
-            if (now_skew - skew).unsigned_abs() > WALL_STEP_THRESHOLD.as_millis() {
+            if let Some(step_ms) = stepped(skew, now_skew) {
                 warn!(
-                    step_secs = (now_skew - skew) / 1000,
+                    step_secs = step_ms / 1000,
                     "the system clock stepped; expiry keeps the daemon's own timeline (printed times follow it until restart)"
                 );
                 skew = now_skew;
@@ -376,6 +376,13 @@ impl Clock {
 fn resumed(reported: Duration, now: Duration) -> Option<Duration> {
     let grown = now.saturating_sub(reported);
     (grown > RESUME_THRESHOLD).then_some(grown)
+}
+
+/// The step of the live wall clock, in ms (positive: forward), if the skew between it and the
+/// daemon's timeline moved past [`WALL_STEP_THRESHOLD`] from `before` to `now`.
+fn stepped(before: i128, now: i128) -> Option<i128> {
+    let step = now - before;
+    (step.unsigned_abs() > WALL_STEP_THRESHOLD.as_millis()).then_some(step)
 }
 
 /// Why the daemon must not start: a test control set in a release build. `release` and `set`
@@ -492,6 +499,24 @@ mod tests {
         for (reported, now, want) in cases {
             assert_eq!(resumed(reported, now), want, "{reported:?} {now:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_step_either_way_is_told_apart_from_drift_and_from_a_suspend() {
+        let start = SystemTime::UNIX_EPOCH + S(1_800_000_000);
+        let (live, clock) = stepping_wall(start);
+        let before = clock.wall_skew();
+        assert_eq!(before, 0);
+        // A simulated suspend moves the daemon's timeline but not the test's wall source: not
+        // a step (a real suspend moves both clocks).
+        clock.suspend_for(S(600));
+        assert_eq!(stepped(before, clock.wall_skew()), None);
+        *live.lock().unwrap() = start + Duration::from_millis(1500);
+        assert_eq!(stepped(before, clock.wall_skew()), None, "1.5 s is drift");
+        *live.lock().unwrap() = start + S(3600);
+        assert_eq!(stepped(before, clock.wall_skew()), Some(3_600_000));
+        *live.lock().unwrap() = start - S(3600);
+        assert_eq!(stepped(before, clock.wall_skew()), Some(-3_600_000));
     }
 
     #[test]
