@@ -217,10 +217,17 @@ impl Clock {
         let system = match inner.system_base {
             Some(base) => {
                 let seen = nanos(boot_minus_mono().saturating_sub(base));
-                let max = inner
-                    .system_seen
-                    .fetch_max(seen, Ordering::Relaxed)
-                    .max(seen);
+                // Read first: the write (a shared cache line) only when a reading is higher,
+                // which after the first readings is only on a resume.
+                let known = inner.system_seen.load(Ordering::Relaxed);
+                let max = if seen > known {
+                    inner
+                        .system_seen
+                        .fetch_max(seen, Ordering::Relaxed)
+                        .max(seen)
+                } else {
+                    known
+                };
                 Duration::from_nanos(max)
             }
             None => Duration::ZERO,
