@@ -28,6 +28,14 @@ pub struct Broker {
     /// The config the running apps were started from, without its apps (each app's config is
     /// held once, by its handle); the lock also serializes reloads.
     config: tokio::sync::Mutex<Config>,
+    /// The clock's resume detector ([`Clock::watch_resumes`]), stopped with the broker.
+    resume_detector: tokio::task::AbortHandle,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.resume_detector.abort();
+    }
 }
 
 /// What a reload did, for the log and for tests.
@@ -55,7 +63,7 @@ impl Broker {
         store: Option<Arc<Store>>,
     ) -> Broker {
         let shared = Shared::new(
-            clock,
+            clock.clone(),
             LivePolicy::new(policy_of(&config)),
             Arc::new(Semaphore::new(config.refresh.max_concurrent.max(1))),
             store,
@@ -65,6 +73,7 @@ impl Broker {
         let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
+            resume_detector: tokio::spawn(clock.clone().watch_resumes()).abort_handle(),
             clock,
             shared,
             upstreams,
@@ -184,7 +193,7 @@ impl Broker {
             handle = handle.with_credentials(CredentialCache::new(
                 assumer,
                 self.shared.policy.clone(),
-                self.clock,
+                self.clock.clone(),
                 self.shared.permits.clone(),
             ));
         }
@@ -225,8 +234,8 @@ impl Broker {
     }
 
     /// The clock every app runs on.
-    pub fn clock(&self) -> Clock {
-        self.clock
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// One app.

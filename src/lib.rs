@@ -14,7 +14,8 @@
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
 //! - [`cli`], [`cmd`]: the command line (`cmd::dev` is `serve --dev`); `main.rs` maps results
 //!   to exit codes.
-//! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
+//! - [`clock`]: the one clock (expiry on a boottime timeline) and the resume detector;
+//!   [`secret`]: the one secret type; [`logging`], [`signals`].
 //! - [`systemd`]: sd_notify notifications, the watchdog and `STATUS=` line, socket activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
 //! - [`harden`]: non-dumpable, no core files, for the commands that hold secrets.

@@ -43,6 +43,9 @@ pub async fn serve(
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
 ) -> Result<(), Failure> {
+    if let Some(why) = crate::clock::refuse_test_controls() {
+        return Err(Failure::failed(why));
+    }
     // First: it takes the systemd variables out of the environment before anything can spawn
     // a child.
     let notifier = Arc::new(Notifier::from_environment());

@@ -11,7 +11,7 @@ use tracing::{debug, info};
 
 use super::policy::FailureKind;
 use super::state::{AppState, Snapshot, Token};
-use crate::clock::Clock;
+use crate::clock::{BootInstant, Clock};
 use crate::config::AppConfig;
 use crate::grant::{request, RequestError, SourceError};
 use crate::secret::Secret;
@@ -240,7 +240,7 @@ impl Job {
             },
         };
         let mut subject = self.subject.clone().ok_or_else(|| unavailable(None))?;
-        let clock = self.clock;
+        let clock = self.clock.clone();
         let wait = async move {
             let snapshot = subject
                 .wait_for(|s| {
@@ -267,7 +267,7 @@ impl Job {
 
 /// The token as the daemon holds it, from what upstream issued at `now`: the identity context
 /// from `awsAdditionalDetails`, else from the idToken's claim.
-pub(crate) fn token_from(issued: IssuedToken, now: tokio::time::Instant, clock: Clock) -> Token {
+pub(crate) fn token_from(issued: IssuedToken, now: BootInstant, clock: &Clock) -> Token {
     let expires_at = now + Duration::from_secs(issued.expires_in);
     let identity_context = issued.identity_context.or_else(|| {
         issued

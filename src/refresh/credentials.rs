@@ -11,14 +11,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{BootInstant, Clock};
 use tokio::sync::{Mutex, Semaphore};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::error::ServeError;
 use super::policy::{centered, refresh_delay, FailureKind, LivePolicy, Policy, Retry};
 use super::state::Token;
-use crate::clock::Clock;
 use crate::grant::identity_claim;
 use crate::upstream::UpstreamError;
 use crate::upstream::{RoleAssumer, RoleCredentials};
@@ -32,10 +31,10 @@ pub const MIN_SERVED_TTL: Duration = Duration::from_secs(20 * 60);
 pub struct Credentials {
     /// The STS answer: keys, session token and wall-clock expiration.
     pub role: RoleCredentials,
-    /// Monotonic expiry.
-    pub expires_at: Instant,
-    /// When to fetch new ones.
-    pub refresh_at: Instant,
+    /// Expiry on the boottime timeline (suspend counted): what serving decides on.
+    pub expires_at: BootInstant,
+    /// When to fetch new ones (boottime timeline).
+    pub refresh_at: BootInstant,
     /// The identity (idToken `sub`) of the token they were made from.
     identity: Option<String>,
 }
@@ -311,7 +310,7 @@ mod tests {
     /// refreshed at (0.5 − 0.1) × 3600 = 1440 s (the 20 min floor allows up to 2400 s).
     #[tokio::test(start_paused = true)]
     async fn a_failure_backs_off_with_the_shared_retry_then_credentials_are_cached() {
-        let clock = Clock::system();
+        let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let source = Source {
             token: Arc::new(Token {
                 access_token: Secret::new("t"),
@@ -327,13 +326,13 @@ mod tests {
             metrics: crate::metrics::Metrics::new(),
         };
         let sts = Arc::new(Sts {
-            clock,
+            clock: clock.clone(),
             calls: AtomicUsize::new(0),
         });
         let cache = CredentialCache::new(
             sts.clone(),
             LivePolicy::new(Policy::default()),
-            clock,
+            clock.clone(),
             Arc::new(Semaphore::new(1)),
         )
         .with_sample(|| 0.0);
@@ -349,5 +348,48 @@ mod tests {
         let again = cache.get(&source).await.unwrap();
         assert!(Arc::ptr_eq(&creds, &again));
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Credentials that expired while the machine was suspended are never served: the cache
+    /// judges on the boottime now, and the new set lives its hour from the resume.
+    #[tokio::test(start_paused = true)]
+    async fn credentials_that_died_in_a_suspend_are_replaced() {
+        let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let source = Source {
+            token: Arc::new(Token {
+                access_token: Secret::new("t"),
+                token_type: "Bearer".into(),
+                expires_at: clock.now() + Duration::from_secs(10 * 3600),
+                expires_at_wall: clock.wall_now(),
+                scopes: None,
+                issued_token_type: None,
+                id_token: None,
+                identity_context: Some(Secret::new("ctx")),
+                rendered: std::sync::OnceLock::new(),
+            }),
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let sts = Arc::new(Sts {
+            clock: clock.clone(),
+            // The first call's scripted failure is skipped.
+            calls: AtomicUsize::new(1),
+        });
+        let cache = CredentialCache::new(
+            sts.clone(),
+            LivePolicy::new(Policy::default()),
+            clock.clone(),
+            Arc::new(Semaphore::new(1)),
+        )
+        .with_sample(|| 0.0);
+        let first = cache.get(&source).await.unwrap();
+        // 10 min suspended: 50 min left, before the refresh point (24 min): the cached set.
+        clock.suspend_for(Duration::from_secs(600));
+        assert!(Arc::ptr_eq(&first, &cache.get(&source).await.unwrap()));
+        // 2 h more: the cached set expired in the suspend; a new one is fetched.
+        clock.suspend_for(Duration::from_secs(7200));
+        let fresh = cache.get(&source).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(fresh.expires_at - clock.now(), Duration::from_secs(3600));
     }
 }

@@ -52,7 +52,7 @@ impl AppHandle {
         shared: Shared,
         refresh_token: Option<Secret>,
     ) -> AppHandle {
-        let clock = shared.clock;
+        let clock = shared.clock.clone();
         let metrics = shared.metrics.clone();
         let started = super::owner::start(config.clone(), issuer, subject, shared, refresh_token);
         AppHandle {

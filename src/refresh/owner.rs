@@ -1,9 +1,11 @@
 //! The owner task of one app: it alone calls upstream for its app, holds the refresh token,
-//! saves it in the state dir (on the blocking pool: the store writes and fsyncs), and publishes a [`Snapshot`] on a `watch` channel. It waits for the first of its
-//! timer, a command, the stop signal, or a replaced subject token; runs one attempt at a time
-//! while still answering commands (refresh requests join the call in flight: single flight);
-//! then [`Owner::apply`] turns the outcome into the next state with the pure
-//! [`after_attempt`], and it waits again.
+//! saves it in the state dir (on the blocking pool: the store writes and fsyncs), and
+//! publishes a [`Snapshot`] on a `watch` channel. It waits for the first of its timer (a
+//! point on the clock's boottime timeline), a command, the stop signal, a replaced subject
+//! token, or a resume (a call that came due in the suspend then runs after a small jitter);
+//! runs one attempt at a time while still answering commands (refresh requests join the call
+//! in flight: single flight); then [`Owner::apply`] turns the outcome into the next state
+//! with the pure [`after_attempt`], and it waits again.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -11,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::attempt::{token_from, Attempt, Failure, Job, Outcome};
 use super::error::ServeError;
-use super::policy::{LivePolicy, Retry};
+use super::policy::{after_resume, LivePolicy, Retry};
 use super::state::{after_attempt, AppState, Ending, LastError, Next, Snapshot, Token};
-use crate::clock::Clock;
+use crate::clock::{BootInstant, Clock};
 use crate::config::{AppConfig, Grant};
 use crate::secret::Secret;
 use crate::upstream::TokenIssuer;
@@ -122,12 +123,13 @@ pub(crate) fn start(
     let (publish, snapshot) = watch::channel(Snapshot::default());
     let (commands, rx) = mpsc::channel(256);
     let (stop, stop_rx) = oneshot::channel();
+    let shared_resumes = shared.clock.resumes();
     let job = Job::new(
         config,
         issuer,
         shared.permits.clone(),
         subject.clone(),
-        shared.clock,
+        shared.clock.clone(),
         shared.metrics.clone(),
     );
     let owner = Owner {
@@ -142,6 +144,7 @@ pub(crate) fn start(
         retry: Retry::default(),
         next_attempt: None,
         deferred: VecDeque::new(),
+        resumes: Some(shared_resumes),
     };
     Started {
         snapshot,
@@ -161,7 +164,7 @@ struct Owner {
     /// Consecutive failures and the backoff they impose.
     retry: Retry,
     /// When to call upstream next on our own; `None` = only when asked.
-    next_attempt: Option<Instant>,
+    next_attempt: Option<BootInstant>,
     /// Logins that arrived while a call was in flight, run after it.
     deferred: VecDeque<Command>,
     /// The subject app's snapshots (token-exchange), watched for a replaced token.
@@ -170,6 +173,18 @@ struct Owner {
     subject_seen: Option<Arc<Token>>,
     /// Set by `AppHandle::stop`.
     stop: oneshot::Receiver<()>,
+    /// The clock's resume epoch: on a change the owner recomputes its deadline.
+    /// `None` once closed (not reached: the clock holds the sender, and the owner the clock).
+    resumes: Option<watch::Receiver<u64>>,
+}
+
+/// Resolves when the resume epoch changes (true) or its channel closed (false); never
+/// without one.
+async fn epoch_changed(resumes: &mut Option<watch::Receiver<u64>>) -> bool {
+    match resumes {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the subject's snapshot changes (true) or its owner is gone (false); never
@@ -243,18 +258,28 @@ impl Owner {
     }
 
     /// Waits for the next thing to do: a command, or `None` when the timer fires or the
-    /// subject's token was replaced. Breaks when stopped or every handle is gone.
+    /// subject's token was replaced. Breaks when stopped or every handle is gone. The timer
+    /// sleeps on tokio's clock until the tokio instant of `next_attempt` as of now; a resume
+    /// (the clock's epoch) makes it recompute, after [`Owner::resumed`] moved a call that came
+    /// due in the suspend to now (jittered).
     async fn wait(&mut self) -> ControlFlow<(), Option<Command>> {
         loop {
-            let next = self.next_attempt;
+            let deadline = self.next_attempt.map(|at| self.shared.clock.deadline(at));
             let timer = async move {
-                match next {
+                match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = timer => return ControlFlow::Continue(None),
+                open = epoch_changed(&mut self.resumes) => {
+                    if open {
+                        self.resumed();
+                    } else {
+                        self.resumes = None;
+                    }
+                }
                 c = self.commands.recv() => return match c {
                     Some(c) => ControlFlow::Continue(Some(c)),
                     None => ControlFlow::Break(()),
@@ -271,6 +296,21 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// After a resume: a call that came due in the suspend is moved to now plus a small
+    /// jitter ([`after_resume`]), and `next_refresh_at` says so.
+    fn resumed(&mut self) {
+        let now = self.shared.clock.now();
+        let next = after_resume(self.next_attempt, now, (self.shared.sample)());
+        if next == self.next_attempt {
+            return;
+        }
+        self.next_attempt = next;
+        let in_secs = next.map(|at| (at - now).as_secs_f64());
+        debug!(app = %self.job.app.name, refresh_in = in_secs, "resumed: the refresh came due in the suspend");
+        let clock = self.shared.clock.clone();
+        self.publish_with(|s| s.next_refresh_at = next.map(|at| clock.wall(at)));
     }
 
     /// Answers a non-forced refresh request from what is held, when no call is due: the token
@@ -360,7 +400,7 @@ impl Owner {
     /// Every outcome of an attempt, as one match: the refresh token kept, the next step from
     /// the pure [`after_attempt`], then published and answered.
     async fn apply(&mut self, outcome: Outcome) -> Result<Arc<Token>, ServeError> {
-        let clock = self.shared.clock;
+        let clock = self.shared.clock.clone();
         let now = clock.now();
         if outcome.refresh_token_refused {
             self.refresh_token = None;
@@ -378,7 +418,7 @@ impl Owner {
                 let lifetime = Duration::from_secs(issued.expires_in);
                 let ending = Ending::Issued { lifetime };
                 let next = after_attempt(self.retry, ending, None, now, &policy, sample);
-                let token = Arc::new(token_from(issued, now, clock));
+                let token = Arc::new(token_from(issued, now, &clock));
                 self.issued(next, token.clone(), via, lifetime, now);
                 Ok(token)
             }
@@ -403,9 +443,9 @@ impl Owner {
         token: Arc<Token>,
         via: &str,
         lifetime: Duration,
-        now: Instant,
+        now: BootInstant,
     ) {
-        let clock = self.shared.clock;
+        let clock = self.shared.clock.clone();
         self.retry = next.retry;
         self.next_attempt = next.next_attempt;
         let delay = next.next_attempt.map_or(Duration::ZERO, |at| at - now);
@@ -431,9 +471,9 @@ impl Owner {
         next: Next,
         failure: &Failure,
         serving_last_good: bool,
-        now: Instant,
+        now: BootInstant,
     ) -> ServeError {
-        let clock = self.shared.clock;
+        let clock = self.shared.clock.clone();
         self.retry = next.retry;
         self.next_attempt = next.next_attempt;
         let last_error = LastError {

@@ -1,12 +1,13 @@
-//! Pure refresh and backoff policy: functions of durations, a `now` handed in and a random
-//! sample, with no clock read and no runtime. [`Retry`] is the one retry state of both the
+//! Pure refresh, backoff and resume policy: functions of durations, a `now` (an instant on
+//! the clock's boottime timeline) handed in and a random sample, with no clock read and no
+//! runtime. [`after_resume`] is where a call that came due in a suspend goes. [`Retry`] is the one retry state of both the
 //! token path (the owner task) and role credentials; [`uniform_sample`] is the one place the
 //! engine draws randomness, and the owner and the credential cache hold it as an injected
 //! `fn() -> f64` that tests replace.
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::clock::BootInstant;
 
 /// First backoff step after a failure; doubles per consecutive failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -14,6 +15,13 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Never schedule a refresh sooner than this after a token arrives, however short its
 /// lifetime: an upstream answering `expiresIn: 1` must not turn the daemon into a hot loop.
 pub const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
+
+/// After a resume, an app whose refresh point passed in the suspend calls upstream after a
+/// uniform wait in [0, this): a fleet of machines resumed together (a hypervisor's paused
+/// VMs, a lab's laptops at 9:00) spreads its calls over it instead of one burst, and
+/// `max_concurrent` bounds each daemon's calls as always. A request that finds no valid
+/// token does not wait for it: it asks the owner, which calls at once.
+pub const RESUME_JITTER: Duration = Duration::from_secs(2);
 
 /// `[refresh]` knobs the policy needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,7 +142,7 @@ pub(crate) struct Retry {
     /// Failures in a row; 0 after a success.
     failures: u32,
     /// No call before this; `None` once a success (or a needed login) ends the backoff.
-    until: Option<Instant>,
+    until: Option<BootInstant>,
 }
 
 impl Retry {
@@ -144,13 +152,13 @@ impl Retry {
     }
 
     /// When the backoff lets the next call go, if one is scheduled.
-    pub(crate) fn until(self) -> Option<Instant> {
+    pub(crate) fn until(self) -> Option<BootInstant> {
         self.until
     }
 
     /// Whether a call at `now` would cut the backoff short: callers asking harder must not
     /// defeat it.
-    pub(crate) fn holds_off(self, now: Instant) -> bool {
+    pub(crate) fn holds_off(self, now: BootInstant) -> bool {
         self.until.is_some_and(|at| now < at)
     }
 
@@ -164,7 +172,7 @@ impl Retry {
         self,
         kind: FailureKind,
         max_backoff: Duration,
-        now: Instant,
+        now: BootInstant,
         sample: f64,
     ) -> Retry {
         let failures = self.failures.saturating_add(1);
@@ -183,6 +191,26 @@ impl Retry {
             failures,
             until: Some(now + wait),
         }
+    }
+}
+
+/// The owner's next call after a resume noticed at `now`: one due in the suspend (at or before
+/// `now`) moves to `now` plus [`RESUME_JITTER`] scaled by `sample` (a uniform draw in
+/// [0, 1)); a later one, or none, stays. Worked example: due at 40 min, resumed at 2 h 30 min,
+/// sample 0.5: 2 h 30 min 1 s.
+pub(crate) fn after_resume(
+    next: Option<BootInstant>,
+    now: BootInstant,
+    sample: f64,
+) -> Option<BootInstant> {
+    let sample = if sample.is_finite() {
+        sample.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    match next {
+        Some(at) if at <= now => Some(now + RESUME_JITTER.mul_f64(sample)),
+        other => other,
     }
 }
 
@@ -285,7 +313,7 @@ mod tests {
 
     #[test]
     fn retry_table() {
-        let now = Instant::now();
+        let now = BootInstant::from_secs(1_000);
         let max = S(300);
         let after = |failures: u32| Retry {
             failures,
@@ -314,7 +342,7 @@ mod tests {
 
     #[test]
     fn retry_holds_off_until_its_time_and_a_login_ends_it() {
-        let now = Instant::now();
+        let now = BootInstant::from_secs(1_000);
         let retry = Retry::default().failed(FailureKind::Retryable, S(300), now, 0.0);
         assert!(retry.holds_off(now));
         assert!(retry.holds_off(now + Duration::from_millis(499)));
@@ -322,6 +350,40 @@ mod tests {
         assert!(!Retry::default().holds_off(now));
         let login = retry.failed(FailureKind::NeedsLogin, S(300), now, 0.0);
         assert!(!login.holds_off(now));
+    }
+
+    #[test]
+    fn after_resume_table() {
+        let at = BootInstant::from_secs;
+        let ms = Duration::from_millis;
+        // (next call, resumed at, sample, next call after)
+        let cases = [
+            // Due in a 2 h suspend: at once plus the jitter.
+            (Some(at(2_400)), at(9_000), 0.0, Some(at(9_000))),
+            (Some(at(2_400)), at(9_000), 0.5, Some(at(9_000) + S(1))),
+            (
+                Some(at(2_400)),
+                at(9_000),
+                0.999,
+                Some(at(9_000) + ms(1998)),
+            ),
+            // Due exactly now counts as due.
+            (Some(at(9_000)), at(9_000), 0.0, Some(at(9_000))),
+            // A 10 min suspend that left the refresh point ahead: unchanged.
+            (Some(at(9_001)), at(9_000), 0.5, Some(at(9_001))),
+            // Waiting for a login: still no timer.
+            (None, at(9_000), 0.5, None),
+            // Garbage samples are no jitter, never a panic or a far future.
+            (Some(at(1)), at(9_000), f64::NAN, Some(at(9_000))),
+            (Some(at(1)), at(9_000), 7.0, Some(at(9_000) + RESUME_JITTER)),
+        ];
+        for (next, now, sample, want) in cases {
+            assert_eq!(
+                after_resume(next, now, sample),
+                want,
+                "{next:?} {now:?} {sample}"
+            );
+        }
     }
 
     #[test]

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::Instant;
-
 use super::policy::{centered, refresh_delay, FailureKind, Policy, Retry};
+use crate::clock::BootInstant;
 use crate::secret::Secret;
 
 /// App states of CONTRACT §4.
@@ -50,8 +49,8 @@ pub struct Token {
     pub access_token: Secret,
     /// "Bearer".
     pub token_type: String,
-    /// Monotonic expiry: what every validity decision uses.
-    pub expires_at: Instant,
+    /// Expiry on the boottime timeline (suspend counted): what every validity decision uses.
+    pub expires_at: BootInstant,
     /// Wall-clock expiry, for display.
     pub expires_at_wall: SystemTime,
     /// `scope` as returned.
@@ -83,12 +82,12 @@ impl std::fmt::Debug for Rendered {
 
 impl Token {
     /// Whether the token may be served at `now`: strictly before expiry.
-    pub fn is_valid_at(&self, now: Instant) -> bool {
+    pub fn is_valid_at(&self, now: BootInstant) -> bool {
         now < self.expires_at
     }
 
     /// Time left at `now` (zero once expired).
-    pub fn ttl(&self, now: Instant) -> Duration {
+    pub fn ttl(&self, now: BootInstant) -> Duration {
         self.expires_at.saturating_duration_since(now)
     }
 }
@@ -124,13 +123,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The token, if it may be served at `now`.
-    pub fn valid_token(&self, now: Instant) -> Option<&Arc<Token>> {
+    pub fn valid_token(&self, now: BootInstant) -> Option<&Arc<Token>> {
         self.token.as_ref().filter(|t| t.is_valid_at(now))
     }
 
     /// The state a reader should report at `now`: a held token that expired since the owner
     /// last published turns `failing` into `expired` without waiting for the owner to wake.
-    pub fn effective_state(&self, now: Instant) -> AppState {
+    pub fn effective_state(&self, now: BootInstant) -> AppState {
         match (self.state, self.token.as_ref()) {
             (AppState::Failing | AppState::Ready, Some(t)) if !t.is_valid_at(now) => {
                 AppState::Expired
@@ -161,7 +160,7 @@ pub(crate) struct Next {
     /// Failures in a row and the backoff they impose.
     pub(crate) retry: Retry,
     /// The owner's own next call.
-    pub(crate) next_attempt: Option<Instant>,
+    pub(crate) next_attempt: Option<BootInstant>,
 }
 
 /// The owner's next step after an attempt that ended in `ending` at `now`: a pure function of
@@ -178,7 +177,7 @@ pub(crate) fn after_attempt(
     retry: Retry,
     ending: Ending,
     held: Option<&Token>,
-    now: Instant,
+    now: BootInstant,
     policy: &Policy,
     sample: f64,
 ) -> Next {
@@ -211,7 +210,7 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
-    fn token(expires_at: Instant) -> Token {
+    fn token(expires_at: BootInstant) -> Token {
         Token {
             access_token: Secret::new("t"),
             token_type: "Bearer".into(),
@@ -227,7 +226,7 @@ mod tests {
 
     #[test]
     fn after_attempt_table() {
-        let now = Instant::now();
+        let now = BootInstant::from_secs(1_000);
         let policy = Policy::default();
         let valid = token(now + S(60));
         let expired = token(now);

@@ -97,7 +97,7 @@ fn jwt_app(dir: &std::path::Path) -> Arc<AppConfig> {
 
 fn shared(max_backoff: u64) -> Shared {
     Shared::new(
-        Clock::system(),
+        Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
         LivePolicy::new(crate::refresh::policy::Policy {
             at: 0.5,
             jitter: 0.0,
@@ -216,7 +216,9 @@ async fn min_ttl_requests_join_one_refresh() {
 async fn failures_back_off_serve_last_good_then_expire() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = FakeIssuer::new(120);
-    let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared(30), None);
+    let shared = shared(30);
+    let clock = shared.clock.clone();
+    let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
     until_ready(&handle).await;
     for _ in 0..50 {
         issuer.push(Err(UpstreamError::transient("server_error", "boom")));
@@ -249,9 +251,7 @@ async fn failures_back_off_serve_last_good_then_expire() {
         "{err:?}"
     );
     assert_eq!(
-        handle
-            .snapshot()
-            .effective_state(tokio::time::Instant::now()),
+        handle.snapshot().effective_state(clock.now()),
         AppState::Expired
     );
 }
@@ -460,4 +460,202 @@ async fn a_fixed_sample_sets_the_backoff_to_the_millisecond() {
     let snapshot = handle.snapshot();
     assert_eq!(snapshot.state, AppState::Ready);
     assert_eq!(snapshot.consecutive_failures, 0);
+}
+
+/// Suspends on the paused clock: `Clock::suspend_for` adds suspended time without tokio's
+/// clock moving, as a closed lid does to `CLOCK_MONOTONIC`; the clock's resume detector runs
+/// as in the daemon. Sample 0.5: the resume jitter is exactly 1 s.
+mod suspend {
+    use super::*;
+    use crate::clock::{BootInstant, RESUME_CHECK};
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MIN: u64 = 60;
+
+    struct Running {
+        handle: AppHandle,
+        issuer: Arc<FakeIssuer>,
+        clock: Clock,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A jwt app with 1 h tokens (refreshed at 30 min: jitter 0), ready, its first token
+    /// issued at boottime ~0.05 s; and the resume detector.
+    async fn running() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = FakeIssuer::new(3600);
+        let shared = shared(300).with_sample(|| 0.5);
+        let clock = shared.clock.clone();
+        tokio::spawn(clock.clone().watch_resumes());
+        let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
+        until_ready(&handle).await;
+        assert_eq!(issuer.calls(), 1);
+        Running {
+            handle,
+            issuer,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    fn served(token: &Result<Arc<crate::refresh::Token>, ServeError>) -> String {
+        token.as_ref().unwrap().access_token.expose().to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_that_died_in_a_suspend_is_never_served_and_a_request_refreshes_at_once() {
+        let r = running().await;
+        tokio::time::sleep(S(10 * MIN)).await;
+        r.clock.suspend_for(S(120 * MIN));
+        // Before any timer or detector ran: the snapshot already judges on the boottime now.
+        let now = r.clock.now();
+        let snapshot = r.handle.snapshot();
+        assert!(snapshot.valid_token(now).is_none());
+        assert_eq!(snapshot.effective_state(now), AppState::Expired);
+        // A request never gets the old token: it makes the owner call at once (no jitter).
+        let token = r.handle.token(Duration::ZERO).await;
+        assert_eq!(served(&token), "token-2");
+        assert_eq!(r.issuer.calls(), 2);
+        // The new one lives its hour from the resume, in boottime and in wall terms.
+        let token = token.unwrap();
+        let left = token.expires_at - r.clock.now();
+        assert!(left > S(3599) && left <= S(3600), "{left:?}");
+        let wall = r.clock.wall(BootInstant::from_secs(130 * MIN + 3600));
+        let off = token.expires_at_wall.duration_since(wall).unwrap();
+        assert!(off < S(1), "{off:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_refreshes_on_its_own_right_after_a_long_suspend() {
+        let r = running().await;
+        tokio::time::sleep(S(10 * MIN)).await;
+        r.clock.suspend_for(S(120 * MIN));
+        // The detector notices within its tick; the owner then waits its 1 s of jitter.
+        tokio::time::sleep(RESUME_CHECK).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(r.issuer.calls(), 1, "the jitter is 1 s at sample 0.5");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(r.issuer.calls(), 2);
+        let now = r.clock.now();
+        let snapshot = r.handle.snapshot();
+        assert_eq!(snapshot.effective_state(now), AppState::Ready);
+        assert_eq!(
+            snapshot.valid_token(now).unwrap().access_token.expose(),
+            "token-2"
+        );
+        // And not again until its own refresh point, 30 min on.
+        tokio::time::sleep(S(29 * MIN)).await;
+        assert_eq!(r.issuer.calls(), 2);
+        tokio::time::sleep(S(MIN + 1)).await;
+        assert_eq!(r.issuer.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_suspend_keeps_the_token_served_and_moves_the_refresh_earlier() {
+        let r = running().await;
+        // 50 min left, then 10 min suspended: 40 min left, still served, no call.
+        tokio::time::sleep(S(10 * MIN)).await;
+        let due_wall = r.handle.snapshot().next_refresh_at.unwrap();
+        r.clock.suspend_for(S(10 * MIN));
+        let token = r.handle.token(S(15 * MIN)).await;
+        assert_eq!(served(&token), "token-1");
+        let left = token.unwrap().expires_at - r.clock.now();
+        assert!(left <= S(40 * MIN) && left > S(39 * MIN), "{left:?}");
+        assert_eq!(r.issuer.calls(), 1);
+        // The refresh point (30 min on the boottime timeline) is now 10 min of tokio time
+        // away, not 20: the owner recomputed its deadline on the resume.
+        assert_eq!(r.handle.snapshot().next_refresh_at.unwrap(), due_wall);
+        tokio::time::sleep(S(10 * MIN) - S(5)).await;
+        assert_eq!(r.issuer.calls(), 1);
+        tokio::time::sleep(S(6)).await;
+        assert_eq!(r.issuer.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspend_past_the_refresh_point_serves_the_live_token_and_refreshes_at_once() {
+        let r = running().await;
+        tokio::time::sleep(S(10 * MIN)).await;
+        // 25 min suspended: past the 30 min refresh point, 25 min of life left.
+        r.clock.suspend_for(S(25 * MIN));
+        let token = r.handle.token(Duration::ZERO).await;
+        assert_eq!(served(&token), "token-1");
+        tokio::time::sleep(RESUME_CHECK + S(2)).await;
+        assert_eq!(r.issuer.calls(), 2);
+        let resumed_at = r.clock.wall(BootInstant::from_secs(35 * MIN));
+        let next = r.handle.snapshot().next_refresh_at.unwrap();
+        // Refreshed right after the resume: the next refresh is ~30 min after it.
+        let after = next.duration_since(resumed_at).unwrap();
+        assert!(
+            after >= S(30 * MIN) && after <= S(30 * MIN + 10),
+            "{after:?}"
+        );
+    }
+
+    /// NTP or `date -s` stepping the system clock 2 h forward, then 2 h back: no resume, no
+    /// call, the same token with the same life and the same printed times.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_step_either_way_neither_refreshes_nor_freshens_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = FakeIssuer::new(3600);
+        let start = std::time::UNIX_EPOCH + S(1_800_000_000);
+        let live = Arc::new(Mutex::new(start));
+        let source = live.clone();
+        let clock = Clock::with_wall_source(move || *source.lock().unwrap());
+        let mut shared = shared(300).with_sample(|| 0.5);
+        shared.clock = clock.clone();
+        tokio::spawn(clock.clone().watch_resumes());
+        let resumes = clock.resumes();
+        let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
+        until_ready(&handle).await;
+        let before = handle.snapshot();
+        let token = before.token.clone().unwrap();
+        for (at, step) in [(5 * MIN, 7200i64), (10 * MIN, -7200)] {
+            tokio::time::sleep_until(clock.deadline(BootInstant::from_secs(at))).await;
+            let real = start + S(at);
+            *live.lock().unwrap() = if step > 0 {
+                real + S(step as u64)
+            } else {
+                real - S((-step) as u64)
+            };
+            tokio::time::sleep(RESUME_CHECK * 2).await;
+            assert!(!resumes.has_changed().unwrap(), "a wall step is no resume");
+            let served = handle.token(Duration::ZERO).await.unwrap();
+            assert!(Arc::ptr_eq(&served, &token));
+            assert_eq!(
+                served.expires_at - clock.now(),
+                S(3600) - S(at) - RESUME_CHECK * 2 + Duration::from_millis(50)
+            );
+            let now = handle.snapshot();
+            assert_eq!(now.next_refresh_at, before.next_refresh_at);
+            assert_eq!(served.expires_at_wall, token.expires_at_wall);
+        }
+        assert_eq!(issuer.calls(), 1);
+        // The refresh still comes at its point on the daemon's timeline (30 min after the
+        // issue at 0.05 s), not early or late by the steps.
+        tokio::time::sleep_until(clock.deadline(BootInstant::from_secs(30 * MIN))).await;
+        assert_eq!(issuer.calls(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(issuer.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_that_ran_out_in_the_suspend_retries_after_the_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = FakeIssuer::new(3600);
+        issuer.push(Err(UpstreamError::ConfigFault {
+            code: "access_denied".into(),
+            message: "no".into(),
+        }));
+        let shared = shared(300).with_sample(|| 0.5);
+        let clock = shared.clock.clone();
+        tokio::spawn(clock.clone().watch_resumes());
+        let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared, None);
+        let mut rx = handle.subscribe();
+        rx.wait_for(|s| s.state == AppState::Failing).await.unwrap();
+        // A config fault waits max_backoff (300 s); 10 min of suspend run it out.
+        clock.suspend_for(S(10 * MIN));
+        tokio::time::sleep(RESUME_CHECK + S(2)).await;
+        assert_eq!(issuer.calls(), 2);
+        assert_eq!(handle.snapshot().state, AppState::Ready);
+    }
 }

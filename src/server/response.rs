@@ -63,7 +63,7 @@ struct TokenBody<'a> {
 /// Everything but `expires_in` is
 /// serialized once per token (escaping a JWT-sized id token is most of a request's work);
 /// each answer splices the current `expires_in` in.
-pub(crate) fn token_response(token: &Token, now: tokio::time::Instant) -> Response<Full<Bytes>> {
+pub(crate) fn token_response(token: &Token, now: crate::clock::BootInstant) -> Response<Full<Bytes>> {
     let rendered = token.rendered.get_or_init(|| render(token));
     let expires_in = token.ttl(now).as_secs().to_string();
     let mut bytes =
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn the_rendered_token_json_splices_expires_in_and_keeps_every_field() {
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::BootInstant::from_secs(0);
         let token = Token {
             // The marker's digits inside a string must not confuse the split.
             access_token: Secret::new("tok-\"expires_in\":18446744073709551615"),

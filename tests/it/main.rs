@@ -44,6 +44,8 @@ mod secret_files;
 mod soak;
 // Routes, the error envelope and its codes, login body errors.
 mod socket_api;
+// Simulated suspends (debug builds' test control): no dead token served, refresh on resume.
+mod suspend;
 // The state dir: rotated refresh tokens survive restarts and SIGKILL; damaged files aside.
 mod state;
 // sd_notify messages in order, socket activation, a second SIGTERM, reload notifications.
