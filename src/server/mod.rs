@@ -1,4 +1,4 @@
-//! The socket server: binds the Unix socket (mode, stale-socket takeover), accepts
+//! The socket server: binds the Unix socket ([`bind`], in `socket`), accepts
 //! connections within the slot limits and hands each to a [`connection::Connection`], and
 //! drains on shutdown. The caller binds and supplies the stop signal, so tests and socket
 //! activation hand in their own listener. The route table is [`routes`], one function per
@@ -11,22 +11,21 @@ mod handlers;
 pub mod peer;
 pub mod response;
 pub mod routes;
+mod socket;
 
 use std::future::Future;
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use connection::{Bucket, Connection, Slots};
 use peer::Peer;
+pub use socket::{bind, SocketFile};
 
 /// How long requests in flight may run once shutdown starts (CONTRACT §6).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,74 +33,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client must send its whole request head within this, and an idle keep-alive connection
 /// is closed after it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The socket file we created; removed on drop if it is still ours (same inode).
-#[derive(Debug)]
-pub struct SocketFile {
-    path: PathBuf,
-    ino: u64,
-    dev: u64,
-}
-
-impl SocketFile {
-    /// Where the socket was bound (and what drop removes).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.ino() == self.ino && meta.dev() == self.dev {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// Binds `path` with `mode`. A socket file nobody answers on (a dead daemon's) is replaced;
-/// one a live process answers on is refused; anything that is not a socket is left alone.
-pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another process is serving on {}", path.display()),
-                ));
-            }
-            info!(socket = %path.display(), "replacing a stale socket file");
-            std::fs::remove_file(path)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    Ok((
-        listener,
-        SocketFile {
-            path: path.to_owned(),
-            ino: meta.ino(),
-            dev: meta.dev(),
-        },
-    ))
-}
 
 /// The limits that keep a hostile or broken local client from costing more than its share.
 ///

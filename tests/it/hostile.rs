@@ -374,3 +374,63 @@ async fn the_total_connection_limit_holds() {
     drop(held);
     assert_eq!(health_once_slots_return(&server.socket).await, 200);
 }
+
+/// A socket directory another user may write (world- or group-writable, sticky or not, or
+/// owned by another uid when run as root) is refused at start: one line, exit 1, no socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_dir_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = nix::unistd::geteuid().is_root();
+    for (mode, owner, expected) in [
+        (0o777, None, "is writable by other users (mode 777)"),
+        (0o1777, None, "is writable by other users (mode 1777)"),
+        (0o770, None, "is writable by other users (mode 770)"),
+        (0o755, Some(65534), "is owned by uid 65534"),
+    ] {
+        if owner.is_some() && !root {
+            eprintln!("skipped the nobody-owned case: needs root to chown");
+            continue;
+        }
+        let env = TestEnv::new(3600).await;
+        env.jwt_app("analytics");
+        let dir = env.path("run");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        }
+        let socket = dir.join("d.sock");
+        let main = std::fs::read_to_string(env.main_file()).unwrap();
+        std::fs::write(
+            env.main_file(),
+            main.replace(
+                &format!("socket = \"{}\"", env.socket().display()),
+                &format!("socket = \"{}\"", socket.display()),
+            ),
+        )
+        .unwrap();
+        let daemon = env.spawn_daemon(&[("RUST_LOG", "info")]);
+        let log = daemon.log.clone();
+        let status = daemon.wait_exit();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{mode:o}: {stderr}");
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("iamtokend: "))
+            .collect();
+        assert_eq!(ours.len(), 1, "{mode:o}: {stderr}");
+        assert!(
+            ours[0].contains(&format!(
+                "the socket's directory {} {expected}",
+                dir.display()
+            )),
+            "{mode:o}: {stderr}"
+        );
+        assert!(!socket.exists(), "{mode:o}: bound anyway");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{mode:o}: left something in the directory"
+        );
+    }
+}
