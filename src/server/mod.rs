@@ -40,8 +40,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `header_read_timeout` (hyper runs that timer whenever it waits for a request head, so it
 /// is also the keep-alive idle timeout); a body that trickles is cut at `body_timeout`.
 /// Every connection is its own task, so a slow one never holds up another; what it can hold
-/// is a connection slot, and those are bounded per peer uid as well as in total, so one local
-/// user cannot lock the others out.
+/// is a connection slot, and those are bounded per peer uid as well as in total (the total
+/// larger than a uid's share), so one local user cannot lock the others out, and the total is
+/// kept under the descriptor limit so that refresh work always has descriptors left.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// A request head (or, between requests, the next one) must arrive within this.
@@ -52,12 +53,13 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most headers in one request; more gets 431.
     pub max_headers: usize,
-    /// Connections open at once, all peers together. Over: 503 `too_many_connections`.
+    /// Connections open at once, all peers together (and at most the descriptor budget, see
+    /// [`connection_budget`]). While they are all open the daemon does not `accept`: new
+    /// connections wait in the kernel's backlog (or are refused by it when that is full).
     pub max_connections: usize,
-    /// Connections open at once per peer uid. Over: 503 `too_many_connections`.
+    /// Connections open at once per peer uid; smaller than the total, so one uid cannot take
+    /// all of it. Over: 503 `too_many_connections` at once, and the connection is closed.
     pub max_connections_per_uid: usize,
-    /// How long a new connection over a limit waits for a slot before its 503.
-    pub slot_wait: Duration,
     /// Requests that may cause upstream work (see [`routes::Upstream`]) one connection may
     /// sustain per second...
     pub requests_per_second: f64,
@@ -74,7 +76,6 @@ impl Default for Limits {
             max_headers: 32,
             max_connections: 512,
             max_connections_per_uid: 128,
-            slot_wait: Duration::from_secs(1),
             requests_per_second: 50.0,
             request_burst: 200.0,
         }
@@ -85,6 +86,29 @@ impl Default for Limits {
 /// [`DRAIN_TIMEOUT`]. Uses the default [`Limits`].
 pub async fn run(listener: UnixListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     run_with_limits(listener, broker, shutdown, Limits::default()).await
+}
+
+/// Descriptors the connection limit leaves free for everything else: refresh work (assertion
+/// files and commands' pipes, state file writes, upstream connections, several per app in
+/// flight, `[refresh] max_concurrent` at once), the login listener, logs and the runtime's own.
+pub const FD_RESERVE: u64 = 256;
+
+/// The (total, per-uid) connection slots `limits` allow under a soft descriptor limit of
+/// `soft`: the total is at most `soft` minus [`FD_RESERVE`] (half of `soft` when that is
+/// small), and when the descriptors cut it, the per-uid share shrinks to a quarter of it (the
+/// defaults' ratio), so one uid still cannot hold it all.
+pub fn connection_budget(limits: &Limits, soft: u64) -> (usize, usize) {
+    let room = if soft >= 2 * FD_RESERVE {
+        soft - FD_RESERVE
+    } else {
+        soft / 2
+    };
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    if room >= limits.max_connections {
+        (limits.max_connections, limits.max_connections_per_uid)
+    } else {
+        (room, limits.max_connections_per_uid.min((room / 4).max(1)))
+    }
 }
 
 /// [`run`] with explicit limits (tests use short timeouts and small counts).
@@ -99,10 +123,18 @@ pub async fn run_with_limits(
         daemon_uid: nix::unistd::geteuid().as_raw(),
         body_timeout: limits.body_timeout,
     });
-    let slots = Arc::new(Slots::new(
-        limits.max_connections,
-        limits.max_connections_per_uid,
-    ));
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let (total, per_uid) = connection_budget(&limits, soft);
+    if total < limits.max_connections {
+        warn!(
+            descriptors = soft,
+            connections = total,
+            per_uid,
+            "the descriptor limit allows fewer connections than configured (raise LimitNOFILE=)"
+        );
+    }
+    let slots = Arc::new(Slots::new(total, per_uid));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -112,44 +144,81 @@ pub async fn run_with_limits(
         .max_buf_size(64 * 1024);
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let peer = match Peer::of(&stream) {
-                        Ok(peer) => Arc::new(peer),
-                        Err(e) => {
-                            debug!(error = %e, "no peer credentials; closing");
-                            continue;
-                        }
-                    };
-                    let connection = Connection {
-                        stream,
-                        peer,
-                        ctx: ctx.clone(),
-                        slots: slots.clone(),
-                        slot_wait: limits.slot_wait,
-                        http: http.clone(),
-                        watcher: graceful.watcher(),
-                        rate: Bucket::new(
-                            limits.request_burst,
-                            limits.requests_per_second,
-                            tokio::time::Instant::now(),
-                        ),
-                    };
-                    tokio::spawn(connection.run());
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        // A total slot first: while every one is in use nothing is accepted, so connections
+        // never cost the daemon more descriptors than the budget.
+        let total = tokio::select! {
+            total = slots.total() => match total {
+                Some(total) => total,
+                None => break,
             },
             _ = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let peer = match Peer::of(&stream) {
+                    Ok(peer) => Arc::new(peer),
+                    Err(e) => {
+                        debug!(error = %e, "no peer credentials; closing");
+                        continue;
+                    }
+                };
+                let connection = Connection {
+                    stream,
+                    peer,
+                    ctx: ctx.clone(),
+                    slots: slots.clone(),
+                    total,
+                    http: http.clone(),
+                    watcher: graceful.watcher(),
+                    rate: Bucket::new(
+                        limits.request_burst,
+                        limits.requests_per_second,
+                        tokio::time::Instant::now(),
+                    ),
+                };
+                tokio::spawn(connection.run());
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => debug!("all connections drained"),
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("requests still in flight after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_leave_descriptors_for_refresh_work() {
+        let defaults = Limits::default();
+        // Plenty of descriptors: the configured limits.
+        assert_eq!(connection_budget(&defaults, 65536), (512, 128));
+        assert_eq!(connection_budget(&defaults, 1024), (512, 128));
+        // Fewer: the total leaves FD_RESERVE, and one uid still gets only a quarter of it.
+        assert_eq!(connection_budget(&defaults, 512), (256, 64));
+        assert_eq!(connection_budget(&defaults, 600), (344, 86));
+        // Very few: half for connections, at least one slot.
+        assert_eq!(connection_budget(&defaults, 64), (32, 8));
+        assert_eq!(connection_budget(&defaults, 1), (1, 1));
+        assert_eq!(connection_budget(&defaults, 0), (1, 1));
+        // Small configured limits are kept as they are.
+        let small = Limits {
+            max_connections: 3,
+            max_connections_per_uid: 2,
+            ..Limits::default()
+        };
+        assert_eq!(connection_budget(&small, 1024), (3, 2));
     }
 }
