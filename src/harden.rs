@@ -38,7 +38,7 @@ pub fn harden() -> Hardened {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft before, soft now). The
 /// hard limit is the service manager's (`LimitNOFILE=`) or the shell's to set.
-pub fn raise_fd_limit() -> nix::Result<(u64, u64)> {
+pub(crate) fn raise_fd_limit() -> nix::Result<(u64, u64)> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;

@@ -53,8 +53,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most headers in one request; more gets 431.
     pub max_headers: usize,
-    /// Connections open at once, all peers together (and at most the descriptor budget, see
-    /// [`connection_budget`]). While they are all open the daemon does not `accept`: new
+    /// Connections open at once, all peers together (and at most what the descriptor limit
+    /// leaves, `connection_budget`). While they are all open the daemon does not `accept`: new
     /// connections wait in the kernel's backlog (or are refused by it when that is full).
     pub max_connections: usize,
     /// Connections open at once per peer uid; smaller than the total, so one uid cannot take
@@ -91,13 +91,13 @@ pub async fn run(listener: UnixListener, broker: Arc<Broker>, shutdown: impl Fut
 /// Descriptors the connection limit leaves free for everything else: refresh work (assertion
 /// files and commands' pipes, state file writes, upstream connections, several per app in
 /// flight, `[refresh] max_concurrent` at once), the login listener, logs and the runtime's own.
-pub const FD_RESERVE: u64 = 256;
+pub(crate) const FD_RESERVE: u64 = 256;
 
 /// The (total, per-uid) connection slots `limits` allow under a soft descriptor limit of
 /// `soft`: the total is at most `soft` minus [`FD_RESERVE`] (half of `soft` when that is
 /// small), and when the descriptors cut it, the per-uid share shrinks to a quarter of it (the
 /// defaults' ratio), so one uid still cannot hold it all.
-pub fn connection_budget(limits: &Limits, soft: u64) -> (usize, usize) {
+pub(crate) fn connection_budget(limits: &Limits, soft: u64) -> (usize, usize) {
     let room = if soft >= 2 * FD_RESERVE {
         soft - FD_RESERVE
     } else {
