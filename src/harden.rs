@@ -7,9 +7,14 @@
 //! same to anything that only looks at the limit. Both go through `nix`'s safe wrappers
 //! rather than hand-written `libc` calls. Root can still read the process: that is the
 //! kernel's rule, not ours to change.
+//!
+//! `serve` also raises its soft descriptor limit to the hard one ([`raise_fd_limit`]): every
+//! connection, upstream call, assertion file and state write is a descriptor, and the usual
+//! soft default of 1024 is far below what the server's connection limits and refresh work
+//! need under a flood.
 
 use nix::sys::prctl;
-use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// What [`harden`] achieved, for one log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +34,16 @@ pub fn harden() -> Hardened {
         dumpable: prctl::get_dumpable().unwrap_or(true),
         core_limit_zero,
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft before, soft now). The
+/// hard limit is the service manager's (`LimitNOFILE=`) or the shell's to set.
+pub(crate) fn raise_fd_limit() -> nix::Result<(u64, u64)> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, getrlimit(Resource::RLIMIT_NOFILE)?.0))
 }
 
 #[cfg(test)]
@@ -51,5 +66,14 @@ mod tests {
             nix::sys::resource::getrlimit(Resource::RLIMIT_CORE).unwrap(),
             (0, 0)
         );
+    }
+
+    /// Raises this test process's own soft limit (harmless: only more descriptors allowed).
+    #[test]
+    fn the_soft_descriptor_limit_becomes_the_hard_one() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let (_, now) = raise_fd_limit().unwrap();
+        assert_eq!(now, hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }

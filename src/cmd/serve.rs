@@ -49,6 +49,14 @@ pub async fn serve(
     // First: it takes the systemd variables out of the environment before anything can spawn
     // a child.
     let notifier = Arc::new(Notifier::from_environment());
+    // Before the server sizes its connection limit from it.
+    match crate::harden::raise_fd_limit() {
+        Ok((before, now)) if now > before => {
+            info!(from = before, to = now, "raised the soft descriptor limit")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the soft descriptor limit"),
+    }
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
     let (listener, socket_file, socket) = listen(&config)?;

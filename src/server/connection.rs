@@ -1,11 +1,11 @@
-//! One accepted connection, from its slot to its close: [`Connection::run`] takes one of the
-//! [`Slots`] (or answers 503 and closes), serves HTTP/1.1 on the stream with hyper, resolves
+//! One accepted connection, from its slot to its close: the accept loop takes a total slot
+//! before it accepts ([`Slots::total`]), and [`Connection::run`] adds the peer uid's share (or
+//! answers 503 and closes at once), serves HTTP/1.1 on the stream with hyper, resolves
 //! each request against the route table once, charges the ones that may call upstream to the
 //! connection's rate, and hands the rest to the handlers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -37,8 +37,8 @@ pub(crate) struct Connection {
     pub(crate) ctx: Arc<Ctx>,
     /// The connection slots of the whole server; this connection holds one while it is open.
     pub(crate) slots: Arc<Slots>,
-    /// How long to wait for a slot before answering 503 `too_many_connections`.
-    pub(crate) slot_wait: Duration,
+    /// The total slot the accept loop took before accepting this connection.
+    pub(crate) total: OwnedSemaphorePermit,
     /// hyper's settings (head timeout and limits), shared by every connection.
     pub(crate) http: http1::Builder,
     /// Lets shutdown stop this connection between requests and wait for the one in flight.
@@ -61,11 +61,11 @@ struct Requests {
 impl Connection {
     /// Serves the connection until the peer closes it, a limit closes it, or shutdown does.
     pub(crate) async fn run(self) {
-        let Some(slot) = self.slots.take(self.peer.uid, self.slot_wait).await else {
+        let Some(slot) = self.slots.share(self.peer.uid, self.total) else {
             debug!(
                 uid = self.peer.uid,
                 pid = self.peer.pid,
-                "too many connections; refusing"
+                "the uid's share of connections is used up; refusing"
             );
             // Never waits: a fresh socket's send buffer takes these few bytes, and a peer
             // that does not read must not hold a task.
@@ -168,6 +168,12 @@ impl Bucket {
 }
 
 /// Connection slots: a total and a per-uid share, each a semaphore.
+///
+/// The total is taken before `accept` (so while it is used up the daemon holds no more
+/// descriptors for connections: new ones wait in the kernel's backlog), the uid's share only
+/// after, when the peer is known; over the share a connection is refused at once. The total
+/// is larger than any one uid's share, so one uid flooding the socket holds its share and
+/// nothing more, and other uids' connections keep being accepted.
 pub(crate) struct Slots {
     total: Arc<Semaphore>,
     per_uid_max: usize,
@@ -191,37 +197,33 @@ impl Slots {
         }
     }
 
-    /// A slot for a connection of `uid`, waiting up to `wait` for one to free up; `None`
-    /// when the uid's share or the total stays used up. The uid's share is taken first, so
-    /// a uid over its share never holds total slots while it waits.
-    ///
-    /// The short wait is for churn, not for hostile clients: a connection's slot is freed
-    /// only once its task has seen the peer's close, and under load that lags the peer's
-    /// next connect.
-    async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
+    /// A total slot, waiting until one is free (the accept loop calls this before `accept`).
+    /// `None` only if the semaphore were closed, which nothing does.
+    pub(crate) async fn total(&self) -> Option<OwnedSemaphorePermit> {
+        self.total.clone().acquire_owned().await.ok()
+    }
+
+    /// The connection's slot: `total` plus one of `uid`'s share, or `None` (and `total`
+    /// released) when the share is used up. Never waits.
+    fn share(&self, uid: u32, total: OwnedSemaphorePermit) -> Option<Slot> {
         let share = {
             let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(uid)
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_uid_max)))
                 .clone()
         };
-        tokio::time::timeout(wait, async {
-            let uid_permit = share.acquire_owned().await.ok()?;
-            let total_permit = self.total.clone().acquire_owned().await.ok()?;
-            Some(Slot {
-                _uid: uid_permit,
-                _total: total_permit,
-            })
+        let uid_permit = share.try_acquire_owned().ok()?;
+        Some(Slot {
+            _uid: uid_permit,
+            _total: total,
         })
-        .await
-        .ok()
-        .flatten()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn busy_answer_is_well_formed() {
@@ -256,39 +258,49 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slots_are_bounded_per_uid_and_in_total() {
-        let wait = Duration::from_secs(1);
         let slots = Slots::new(3, 2);
-        let a1 = slots.take(1, wait).await.unwrap();
-        let _a2 = slots.take(1, wait).await.unwrap();
+        let a1 = slots.share(1, slots.total().await.unwrap()).unwrap();
+        let _a2 = slots.share(1, slots.total().await.unwrap()).unwrap();
         assert!(
-            slots.take(1, wait).await.is_none(),
+            slots.share(1, slots.total().await.unwrap()).is_none(),
             "uid 1's share is used up"
         );
-        let _b1 = slots.take(2, wait).await.unwrap();
-        assert!(slots.take(3, wait).await.is_none(), "the total is used up");
+        assert_eq!(
+            slots.total.available_permits(),
+            1,
+            "a refused connection gives its total slot back"
+        );
+        let _b1 = slots.share(2, slots.total().await.unwrap()).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), slots.total())
+                .await
+                .is_err(),
+            "the total is used up: no accept"
+        );
         drop(a1);
         assert!(
-            slots.take(1, wait).await.is_some(),
+            slots.share(1, slots.total().await.unwrap()).is_some(),
             "a closed connection frees its slot"
         );
-        // A uid over its share does not hold total slots while it waits.
+        // A uid over its share never holds total slots.
         let slots = Slots::new(10, 1);
-        let _x = slots.take(7, wait).await.unwrap();
+        let _x = slots.share(7, slots.total().await.unwrap()).unwrap();
         for _ in 0..20 {
-            assert!(slots.take(7, wait).await.is_none());
+            assert!(slots.share(7, slots.total().await.unwrap()).is_none());
         }
         assert_eq!(slots.total.available_permits(), 9);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_slot_freed_during_the_wait_is_taken() {
+    async fn a_total_slot_freed_while_waiting_is_taken() {
         let slots = Arc::new(Slots::new(1, 1));
-        let held = slots.take(1, Duration::ZERO).await.unwrap();
+        let held = slots.share(1, slots.total().await.unwrap()).unwrap();
         let waiter = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.take(1, Duration::from_secs(1)).await.is_some() })
+            tokio::spawn(async move { slots.share(2, slots.total().await.unwrap()).is_some() })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished());
         drop(held);
         assert!(waiter.await.unwrap());
     }

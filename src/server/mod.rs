@@ -1,4 +1,4 @@
-//! The socket server: binds the Unix socket (mode, stale-socket takeover), accepts
+//! The socket server: binds the Unix socket ([`bind`], in `socket`), accepts
 //! connections within the slot limits and hands each to a [`connection::Connection`], and
 //! drains on shutdown. The caller binds and supplies the stop signal, so tests and socket
 //! activation hand in their own listener. The route table is [`routes`], one function per
@@ -11,22 +11,21 @@ mod handlers;
 pub mod peer;
 pub mod response;
 pub mod routes;
+mod socket;
 
 use std::future::Future;
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use connection::{Bucket, Connection, Slots};
 use peer::Peer;
+pub use socket::{bind, SocketFile};
 
 /// How long requests in flight may run once shutdown starts (CONTRACT §6).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,82 +34,15 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// is closed after it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The socket file we created; removed on drop if it is still ours (same inode).
-#[derive(Debug)]
-pub struct SocketFile {
-    path: PathBuf,
-    ino: u64,
-    dev: u64,
-}
-
-impl SocketFile {
-    /// Where the socket was bound (and what drop removes).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.ino() == self.ino && meta.dev() == self.dev {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// Binds `path` with `mode`. A socket file nobody answers on (a dead daemon's) is replaced;
-/// one a live process answers on is refused; anything that is not a socket is left alone.
-pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another process is serving on {}", path.display()),
-                ));
-            }
-            info!(socket = %path.display(), "replacing a stale socket file");
-            std::fs::remove_file(path)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    Ok((
-        listener,
-        SocketFile {
-            path: path.to_owned(),
-            ino: meta.ino(),
-            dev: meta.dev(),
-        },
-    ))
-}
-
 /// The limits that keep a hostile or broken local client from costing more than its share.
 ///
 /// A client that connects and says nothing, or trickles its request head, is closed at
 /// `header_read_timeout` (hyper runs that timer whenever it waits for a request head, so it
 /// is also the keep-alive idle timeout); a body that trickles is cut at `body_timeout`.
 /// Every connection is its own task, so a slow one never holds up another; what it can hold
-/// is a connection slot, and those are bounded per peer uid as well as in total, so one local
-/// user cannot lock the others out.
+/// is a connection slot, and those are bounded per peer uid as well as in total (the total
+/// larger than a uid's share), so one local user cannot lock the others out, and the total is
+/// kept under the descriptor limit so that refresh work always has descriptors left.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// A request head (or, between requests, the next one) must arrive within this.
@@ -121,12 +53,13 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most headers in one request; more gets 431.
     pub max_headers: usize,
-    /// Connections open at once, all peers together. Over: 503 `too_many_connections`.
+    /// Connections open at once, all peers together (and at most what the descriptor limit
+    /// leaves, `connection_budget`). While they are all open the daemon does not `accept`: new
+    /// connections wait in the kernel's backlog (or are refused by it when that is full).
     pub max_connections: usize,
-    /// Connections open at once per peer uid. Over: 503 `too_many_connections`.
+    /// Connections open at once per peer uid; smaller than the total, so one uid cannot take
+    /// all of it. Over: 503 `too_many_connections` at once, and the connection is closed.
     pub max_connections_per_uid: usize,
-    /// How long a new connection over a limit waits for a slot before its 503.
-    pub slot_wait: Duration,
     /// Requests that may cause upstream work (see [`routes::Upstream`]) one connection may
     /// sustain per second...
     pub requests_per_second: f64,
@@ -143,7 +76,6 @@ impl Default for Limits {
             max_headers: 32,
             max_connections: 512,
             max_connections_per_uid: 128,
-            slot_wait: Duration::from_secs(1),
             requests_per_second: 50.0,
             request_burst: 200.0,
         }
@@ -154,6 +86,29 @@ impl Default for Limits {
 /// [`DRAIN_TIMEOUT`]. Uses the default [`Limits`].
 pub async fn run(listener: UnixListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     run_with_limits(listener, broker, shutdown, Limits::default()).await
+}
+
+/// Descriptors the connection limit leaves free for everything else: refresh work (assertion
+/// files and commands' pipes, state file writes, upstream connections, several per app in
+/// flight, `[refresh] max_concurrent` at once), the login listener, logs and the runtime's own.
+pub(crate) const FD_RESERVE: u64 = 256;
+
+/// The (total, per-uid) connection slots `limits` allow under a soft descriptor limit of
+/// `soft`: the total is at most `soft` minus [`FD_RESERVE`] (half of `soft` when that is
+/// small), and when the descriptors cut it, the per-uid share shrinks to a quarter of it (the
+/// defaults' ratio), so one uid still cannot hold it all.
+pub(crate) fn connection_budget(limits: &Limits, soft: u64) -> (usize, usize) {
+    let room = if soft >= 2 * FD_RESERVE {
+        soft - FD_RESERVE
+    } else {
+        soft / 2
+    };
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    if room >= limits.max_connections {
+        (limits.max_connections, limits.max_connections_per_uid)
+    } else {
+        (room, limits.max_connections_per_uid.min((room / 4).max(1)))
+    }
 }
 
 /// [`run`] with explicit limits (tests use short timeouts and small counts).
@@ -168,10 +123,18 @@ pub async fn run_with_limits(
         daemon_uid: nix::unistd::geteuid().as_raw(),
         body_timeout: limits.body_timeout,
     });
-    let slots = Arc::new(Slots::new(
-        limits.max_connections,
-        limits.max_connections_per_uid,
-    ));
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let (total, per_uid) = connection_budget(&limits, soft);
+    if total < limits.max_connections {
+        warn!(
+            descriptors = soft,
+            connections = total,
+            per_uid,
+            "the descriptor limit allows fewer connections than configured (raise LimitNOFILE=)"
+        );
+    }
+    let slots = Arc::new(Slots::new(total, per_uid));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -181,44 +144,81 @@ pub async fn run_with_limits(
         .max_buf_size(64 * 1024);
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let peer = match Peer::of(&stream) {
-                        Ok(peer) => Arc::new(peer),
-                        Err(e) => {
-                            debug!(error = %e, "no peer credentials; closing");
-                            continue;
-                        }
-                    };
-                    let connection = Connection {
-                        stream,
-                        peer,
-                        ctx: ctx.clone(),
-                        slots: slots.clone(),
-                        slot_wait: limits.slot_wait,
-                        http: http.clone(),
-                        watcher: graceful.watcher(),
-                        rate: Bucket::new(
-                            limits.request_burst,
-                            limits.requests_per_second,
-                            tokio::time::Instant::now(),
-                        ),
-                    };
-                    tokio::spawn(connection.run());
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        // A total slot first: while every one is in use nothing is accepted, so connections
+        // never cost the daemon more descriptors than the budget.
+        let total = tokio::select! {
+            total = slots.total() => match total {
+                Some(total) => total,
+                None => break,
             },
             _ = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let peer = match Peer::of(&stream) {
+                    Ok(peer) => Arc::new(peer),
+                    Err(e) => {
+                        debug!(error = %e, "no peer credentials; closing");
+                        continue;
+                    }
+                };
+                let connection = Connection {
+                    stream,
+                    peer,
+                    ctx: ctx.clone(),
+                    slots: slots.clone(),
+                    total,
+                    http: http.clone(),
+                    watcher: graceful.watcher(),
+                    rate: Bucket::new(
+                        limits.request_burst,
+                        limits.requests_per_second,
+                        tokio::time::Instant::now(),
+                    ),
+                };
+                tokio::spawn(connection.run());
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => debug!("all connections drained"),
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("requests still in flight after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_leave_descriptors_for_refresh_work() {
+        let defaults = Limits::default();
+        // Plenty of descriptors: the configured limits.
+        assert_eq!(connection_budget(&defaults, 65536), (512, 128));
+        assert_eq!(connection_budget(&defaults, 1024), (512, 128));
+        // Fewer: the total leaves FD_RESERVE, and one uid still gets only a quarter of it.
+        assert_eq!(connection_budget(&defaults, 512), (256, 64));
+        assert_eq!(connection_budget(&defaults, 600), (344, 86));
+        // Very few: half for connections, at least one slot.
+        assert_eq!(connection_budget(&defaults, 64), (32, 8));
+        assert_eq!(connection_budget(&defaults, 1), (1, 1));
+        assert_eq!(connection_budget(&defaults, 0), (1, 1));
+        // Small configured limits are kept as they are.
+        let small = Limits {
+            max_connections: 3,
+            max_connections_per_uid: 2,
+            ..Limits::default()
+        };
+        assert_eq!(connection_budget(&small, 1024), (3, 2));
     }
 }

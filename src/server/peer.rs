@@ -3,10 +3,17 @@
 //!
 //! The socket file's mode and group are the first fence; this is the second. The decision is
 //! [`admits`], a pure function of the app's policy, the daemon's uid and the peer's ids, so
-//! every rule is table-tested without sockets or other users. The peer's supplementary
-//! groups come from the user database (`getgrouplist` of the peer uid's name), looked up at
-//! most once per connection and only when some app's `[access]` names groups; a change of
-//! membership counts from the peer's next connection.
+//! every rule is table-tested without sockets or other users.
+//!
+//! The peer's groups are those its process held when it connected: the gid of `SO_PEERCRED`
+//! and the supplementary groups of `SO_PEERGROUPS` (Linux >= 4.13), both read once at accept.
+//! So a group the process dropped (`setpriv --clear-groups`) does not count, and one it holds
+//! only at runtime (systemd's `SupplementaryGroups=`) does. Only when the kernel cannot say
+//! (`SO_PEERGROUPS` fails: an older kernel) do the supplementary groups come from the user
+//! database instead (`getgrouplist` of the peer uid's name, off the async workers, at most
+//! once per connection and only when some app's `[access]` names groups).
+
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::net::UnixStream;
 use tokio::sync::OnceCell;
@@ -25,12 +32,14 @@ pub struct Peer {
     pub gid: u32,
     /// Process id, for the logs; `None` when the kernel did not say.
     pub pid: Option<i32>,
-    /// Primary gid plus the supplementary groups of the uid's user, looked up on first need.
+    /// Primary gid plus supplementary groups: the kernel's, set at accept, or (when it could
+    /// not say) the uid's user's, looked up on first need.
     groups: OnceCell<Vec<u32>>,
 }
 
 impl Peer {
-    /// A peer with these ids.
+    /// A peer with these ids whose supplementary groups, if needed, come from the user
+    /// database.
     pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
         Peer {
             uid,
@@ -40,13 +49,32 @@ impl Peer {
         }
     }
 
-    /// Reads SO_PEERCRED. An error (not a Unix socket peer) is the caller's to refuse.
+    /// Reads SO_PEERCRED and SO_PEERGROUPS. An error from the first (not a Unix socket peer)
+    /// is the caller's to refuse; when only the second fails, the groups come from the user
+    /// database.
     pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
         let cred = stream.peer_cred()?;
-        Ok(Peer::new(cred.uid(), cred.gid(), cred.pid()))
+        let peer = Peer::new(cred.uid(), cred.gid(), cred.pid());
+        match peer_groups(stream.as_raw_fd()) {
+            Ok(supplementary) => {
+                let mut groups = supplementary;
+                groups.push(peer.gid);
+                groups.sort_unstable();
+                groups.dedup();
+                Ok(Peer {
+                    groups: OnceCell::from(groups),
+                    ..peer
+                })
+            }
+            Err(e) => {
+                tracing::debug!(uid = peer.uid, error = %e, "SO_PEERGROUPS failed; the peer's groups will come from the user database");
+                Ok(peer)
+            }
+        }
     }
 
-    /// The peer's groups: its primary gid and every group its user is a member of.
+    /// The peer's groups: its primary gid and its supplementary groups (see the module doc
+    /// for where those come from).
     pub async fn groups(&self) -> &[u32] {
         self.groups
             .get_or_init(|| async {
@@ -57,6 +85,39 @@ impl Peer {
                     .unwrap_or_else(|_| vec![gid])
             })
             .await
+    }
+}
+
+/// The supplementary groups the peer process held at `connect` (`SO_PEERGROUPS`).
+fn peer_groups(fd: RawFd) -> std::io::Result<Vec<u32>> {
+    const SIZE: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * SIZE) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes and `len` for one socklen_t; the
+        // kernel writes at most `len` bytes and sets `len` to what it wrote (or, on ERANGE, to
+        // what it needs). A bad fd is an error return.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / SIZE;
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let e = std::io::Error::last_os_error();
+        // NGROUPS_MAX is 65536: the kernel never asks for more.
+        if e.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() && needed <= 65536 {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(e);
     }
 }
 
@@ -181,6 +242,30 @@ mod tests {
             groups: vec![p("g", 5)],
             ..AccessConfig::default()
         })));
+    }
+
+    /// SO_PEERGROUPS on a socket pair names this process's own supplementary groups.
+    #[tokio::test]
+    async fn the_kernel_reports_the_peers_own_groups() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut mine: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        mine.sort_unstable();
+        let mut got = peer_groups(a.as_raw_fd()).unwrap();
+        got.sort_unstable();
+        assert_eq!(got, mine);
+        let peer = Peer::of(&a).unwrap();
+        let mut expected = mine.clone();
+        expected.push(nix::unistd::getegid().as_raw());
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(peer.groups().await, expected);
+        // Not a socket: an error, not a panic.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(peer_groups(file.as_raw_fd()).is_err());
     }
 
     #[test]

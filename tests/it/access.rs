@@ -250,4 +250,141 @@ mod as_root {
         );
         assert!(!text.contains("\"default\""), "{text}");
     }
+
+    /// Runs the CLI under `setpriv ARGS` (uid, gid and groups as given) against `socket`.
+    async fn under_setpriv(
+        setpriv: &[&str],
+        socket: &std::path::Path,
+        args: &[&str],
+    ) -> std::process::Output {
+        tokio::process::Command::new("setpriv")
+            .args(setpriv)
+            .arg("--")
+            .arg(bin())
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .env_clear()
+            .output()
+            .await
+            .expect("setpriv runs")
+    }
+
+    /// A daemon whose socket `nobody` can reach, serving `app` with `[access] groups = [group]`.
+    async fn daemon_for_group(env: &TestEnv, group: &str) -> crate::support::Daemon {
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let main = std::fs::read_to_string(env.main_file()).unwrap();
+        std::fs::write(
+            env.main_file(),
+            main.replacen("[server]\n", "[server]\nsocket_mode = \"0666\"\n", 1),
+        )
+        .unwrap();
+        env.jwt_app("app");
+        env.append_app("app", &format!("[access]\ngroups = [\"{group}\"]\n"));
+        env.daemon().await
+    }
+
+    /// `nobody` with its primary group (which the user database gives it) dropped for another
+    /// gid: `[access] groups = [nobody's group]` refuses it, since the process does not hold
+    /// that group. With the group held, the same app is served (so the refusal is the group's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root"]
+    async fn a_group_the_caller_dropped_does_not_admit_it() {
+        assert!(Uid::effective().is_root(), "needs root to switch users");
+        let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
+        let group = Group::from_gid(nobody.gid)
+            .unwrap()
+            .expect("nobody's group");
+        let env = TestEnv::new(3600).await;
+        let daemon = daemon_for_group(&env, &group.name).await;
+        let uid = format!("--reuid={}", nobody.uid);
+        let held = format!("--regid={}", nobody.gid);
+        // Any gid other than nobody's: the user database never lists it for nobody.
+        let other = nobody.gid.as_raw() - 1;
+        let dropped = format!("--regid={other}");
+        let mut out = under_setpriv(
+            &[&uid, &held, "--clear-groups"],
+            &daemon.socket,
+            &["token", "app"],
+        )
+        .await;
+        for _ in 0..100 {
+            if out.status.success() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            out = under_setpriv(
+                &[&uid, &held, "--clear-groups"],
+                &daemon.socket,
+                &["token", "app"],
+            )
+            .await;
+        }
+        assert!(out.status.success(), "holding the group: {out:?}");
+        let out = under_setpriv(
+            &[&uid, &dropped, "--clear-groups"],
+            &daemon.socket,
+            &["token", "app"],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "with the group dropped: {out:?}"
+        );
+        assert!(out.stdout.is_empty());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("may not read"),
+            "{out:?}"
+        );
+    }
+
+    /// `nobody` holding, at runtime only (as systemd's `SupplementaryGroups=` gives it), a
+    /// group the user database does not list for it is admitted by `[access]` naming it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root"]
+    async fn a_group_held_only_at_runtime_admits_the_caller() {
+        assert!(Uid::effective().is_root(), "needs root to switch users");
+        let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
+        let name = std::ffi::CString::new(nobody.name.as_str()).unwrap();
+        let listed = nix::unistd::getgrouplist(&name, nobody.gid).unwrap();
+        // A group every Linux has that nobody is not a member of.
+        let group = ["daemon", "adm", "bin", "sys", "root"]
+            .into_iter()
+            .filter_map(|n| Group::from_name(n).unwrap())
+            .find(|g| !listed.contains(&g.gid))
+            .expect("a group nobody is not in");
+        let env = TestEnv::new(3600).await;
+        let daemon = daemon_for_group(&env, &group.name).await;
+        let uid = format!("--reuid={}", nobody.uid);
+        let gid = format!("--regid={}", nobody.gid);
+        let groups = format!("--groups={}", group.gid);
+        // Without it: refused (403, whatever the app's state).
+        let out = under_setpriv(
+            &[&uid, &gid, "--clear-groups"],
+            &daemon.socket,
+            &["token", "app"],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(1), "without the group: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("may not read"),
+            "{out:?}"
+        );
+        let mut out =
+            under_setpriv(&[&uid, &gid, &groups], &daemon.socket, &["token", "app"]).await;
+        for _ in 0..100 {
+            if out.status.success() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            out = under_setpriv(&[&uid, &gid, &groups], &daemon.socket, &["token", "app"]).await;
+        }
+        assert!(
+            out.status.success(),
+            "holding {} at runtime: {out:?}",
+            group.name
+        );
+        assert!(!out.stdout.is_empty());
+    }
 }

@@ -356,7 +356,9 @@ async fn a_trickling_body_times_out() {
     assert!(a.contains("request_timeout"), "{a}");
 }
 
-/// The total connection limit holds across uids too (one uid here, a smaller total).
+/// The total connection limit holds across uids too (one uid here, a smaller total): while
+/// it is used up the daemon stops accepting, so a new connection waits in the kernel's
+/// backlog (no answer, no descriptor of the daemon's) and is served once a slot frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_connection_limit_holds() {
     let server = server(Limits {
@@ -369,8 +371,282 @@ async fn the_total_connection_limit_holds() {
         // Each accepted (answered) before the next.
         held.push(holding_a_slot(&server.socket).await);
     }
-    let a = raw(&server.socket, b"GET /v1/health HTTP/1.1\r\n\r\n").await;
-    assert_eq!(status_of(&a), 503, "{a}");
+    let mut waiting = UnixStream::connect(&server.socket).await.unwrap();
+    waiting
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), waiting.read_exact(&mut first))
+            .await
+            .is_err(),
+        "answered while the total was used up: {:?}",
+        String::from_utf8_lossy(&first)
+    );
+    drop(held.remove(0));
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_all(&mut waiting))
+        .await
+        .expect("served once a slot freed");
+    assert_eq!(status_of(&answer), 200, "{answer}");
     drop(held);
     assert_eq!(health_once_slots_return(&server.socket).await, 200);
+}
+
+/// Over its uid's share a connection is refused at once (no wait for a slot to free: a
+/// waiting connection would hold one of the daemon's descriptors for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_share_is_refused_at_once() {
+    let server = server(Limits {
+        max_connections_per_uid: 2,
+        ..Limits::default()
+    })
+    .await;
+    let _held = [
+        holding_a_slot(&server.socket).await,
+        holding_a_slot(&server.socket).await,
+    ];
+    for _ in 0..3 {
+        let start = tokio::time::Instant::now();
+        let a = raw(
+            &server.socket,
+            b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await;
+        let took = start.elapsed();
+        assert_eq!(status_of(&a), 503, "{a}");
+        assert!(a.contains("too_many_connections"), "{a}");
+        assert!(took < Duration::from_millis(800), "refused after {took:?}");
+    }
+}
+
+/// A daemon started with a low soft descriptor limit (a shell's `ulimit -n 64`) raises it to
+/// the hard limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    let daemon = env.spawn_daemon_under(&["prlimit", "--nofile=64:4096", "--"], &[]);
+    daemon.wait_listening().await;
+    assert_eq!(nofile_of(daemon.pid()), (4096, 4096), "{}", daemon.logs());
+}
+
+/// (soft, hard) of `Max open files` in /proc/PID/limits.
+fn nofile_of(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// A socket directory another user may write (world- or group-writable, sticky or not, or
+/// owned by another uid when run as root) is refused at start: one line, exit 1, no socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_dir_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = nix::unistd::geteuid().is_root();
+    for (mode, owner, expected) in [
+        (0o777, None, "is writable by other users (mode 777)"),
+        (0o1777, None, "is writable by other users (mode 1777)"),
+        (0o770, None, "is writable by other users (mode 770)"),
+        (0o755, Some(65534), "is owned by uid 65534"),
+    ] {
+        if owner.is_some() && !root {
+            eprintln!("skipped the nobody-owned case: needs root to chown");
+            continue;
+        }
+        let env = TestEnv::new(3600).await;
+        env.jwt_app("analytics");
+        let dir = env.path("run");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        }
+        let socket = dir.join("d.sock");
+        let main = std::fs::read_to_string(env.main_file()).unwrap();
+        std::fs::write(
+            env.main_file(),
+            main.replace(
+                &format!("socket = \"{}\"", env.socket().display()),
+                &format!("socket = \"{}\"", socket.display()),
+            ),
+        )
+        .unwrap();
+        let daemon = env.spawn_daemon(&[("RUST_LOG", "info")]);
+        let log = daemon.log.clone();
+        let status = daemon.wait_exit();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{mode:o}: {stderr}");
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("iamtokend: "))
+            .collect();
+        assert_eq!(ours.len(), 1, "{mode:o}: {stderr}");
+        assert!(
+            ours[0].contains(&format!(
+                "the socket's directory {} {expected}",
+                dir.display()
+            )),
+            "{mode:o}: {stderr}"
+        );
+        assert!(!socket.exists(), "{mode:o}: bound anyway");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{mode:o}: left something in the directory"
+        );
+    }
+}
+
+/// Tests that attack as another uid: `#[ignore = "needs root"]`, run by `.ci/run` (as root)
+/// with `cargo test --test it -- --ignored as_root::`.
+mod as_root {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use crate::support::TestEnv;
+
+    /// Run as `nobody` (setpriv): holds `HOLD` silent connections (more than a uid's share),
+    /// then for `SECS` opens 100 more every 10 ms and closes them, all nonblocking, at most
+    /// 200,000 in all. Prints what it did.
+    const FLOOD: &str = r#"
+import resource, socket, sys, time
+path, hold, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def connect():
+    s = socket.socket(socket.AF_UNIX)
+    s.setblocking(False)
+    try:
+        s.connect(path)
+        return s
+    except OSError:
+        s.close()
+        return None
+end = time.monotonic() + secs
+held = []
+while len(held) < hold and time.monotonic() < end:
+    s = connect()
+    if s:
+        held.append(s)
+    else:
+        time.sleep(0.001)
+made = refused = 0
+while time.monotonic() < end and made < 200000:
+    batch = []
+    for _ in range(100):
+        s = connect()
+        if s:
+            batch.append(s)
+        else:
+            refused += 1
+    made += len(batch)
+    time.sleep(0.01)
+    for s in batch:
+        s.close()
+print("held", len(held), "made", made, "refused", refused, flush=True)
+"#;
+
+    /// `nobody` floods the socket of a root daemon whose descriptor limit is pinned at 1024
+    /// (soft and hard: raising the limit cannot help): root's requests are all served
+    /// meanwhile, and the app's 4 s token keeps being refreshed (its assertion file opened, the
+    /// upstream called) while the flood holds nobody's share of connections.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root"]
+    async fn a_connection_flood_by_one_uid_stops_neither_others_nor_refresh() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root to flood as nobody"
+        );
+        const SECS: u64 = 8;
+        let env = TestEnv::new(4).await;
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let main = std::fs::read_to_string(env.main_file()).unwrap();
+        std::fs::write(
+            env.main_file(),
+            main.replacen("[server]\n", "[server]\nsocket_mode = \"0666\"\n", 1),
+        )
+        .unwrap();
+        env.jwt_app("analytics");
+        let daemon = env.spawn_daemon_under(
+            &["prlimit", "--nofile=1024:1024", "--"],
+            &[("RUST_LOG", "info")],
+        );
+        daemon.wait_listening().await;
+        daemon.wait_state("analytics", "ready", 10).await;
+        let calls_before = env.calls_for("analytics").len();
+
+        let flood = tokio::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["/usr/bin/python3", "-c", FLOOD])
+            .arg(&daemon.socket)
+            .args(["300", &SECS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("setpriv and /usr/bin/python3 run");
+        // Let the flood take nobody's share first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(SECS - 2);
+        let mut served = 0;
+        let mut tokens = std::collections::HashSet::new();
+        while tokio::time::Instant::now() < until {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                daemon
+                    .client()
+                    .request(http::Method::GET, "/v1/apps/analytics/token", None),
+            )
+            .await;
+            let answer = match answer {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => panic!(
+                    "root's request failed during the flood: {e}\n{}",
+                    daemon.logs()
+                ),
+                Err(_) => panic!("root's request hung during the flood\n{}", daemon.logs()),
+            };
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            tokens.insert(answer.body["access_token"].as_str().unwrap().to_owned());
+            served += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let refreshed = env.calls_for("analytics").len() - calls_before;
+        let out = flood.wait_with_output().await.unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the flood ran: {out:?}");
+        let made: u64 = report
+            .split_whitespace()
+            .skip_while(|w| *w != "made")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        eprintln!(
+            "flood: {}; root served {served} times; {refreshed} refreshes",
+            report.trim()
+        );
+        assert!(made >= 2000, "the flood was a flood: {report}");
+        assert!(served >= 10, "root was served {served} times");
+        assert!(
+            refreshed >= 2,
+            "{refreshed} refreshes during the flood\n{}",
+            daemon.logs()
+        );
+        assert!(
+            tokens.len() >= 2,
+            "root saw the refreshed token: {tokens:?}"
+        );
+        let logs = daemon.logs();
+        assert!(!logs.contains("Too many open files"), "{logs}");
+        assert!(!logs.contains("accept failed"), "{logs}");
+    }
 }
