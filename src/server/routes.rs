@@ -290,7 +290,8 @@ fn parse_min_ttl(query: Option<&str>) -> Result<Duration, ApiError> {
     Ok(min_ttl)
 }
 
-/// The apps this peer may read; the others are left out, not marked.
+/// The apps this peer may read; the others are left out, not marked. `state`: whether the
+/// state dir is sealed (`{"sealed", "key_source"}`), for every peer.
 async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
     let clock = ctx.broker.clock();
     let now = clock.now();
@@ -312,7 +313,8 @@ async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
             })),
         }));
     }
-    json_response(StatusCode::OK, &json!({ "apps": apps }))
+    let state = ctx.broker.seal_status().to_json();
+    json_response(StatusCode::OK, &json!({ "apps": apps, "state": state }))
 }
 
 /// `GET /metrics`: the counters, then each app's gauges from its snapshot as of now.
