@@ -42,5 +42,7 @@ mod soak;
 mod socket_api;
 // The state dir: rotated refresh tokens survive restarts and SIGKILL; damaged files aside.
 mod state;
+// `[state] seal`: sealed state files, restart, another key, tampering, migration, the key's checks.
+mod seal;
 // sd_notify messages in order, socket activation, a second SIGTERM, reload notifications.
 mod systemd;
