@@ -6,7 +6,8 @@
 //! **Key.** systemd's credential `$CREDENTIALS_DIRECTORY/state-key` (from
 //! `LoadCredentialEncrypted=state-key:...`, made by `systemd-creds encrypt`), read once at
 //! start: any bytes, at least [`MIN_KEY_BYTES`] of them (a shorter one is a start-up error,
-//! not a weak key), at most [`MAX_KEY_BYTES`]. The file key is HKDF-SHA256 of it (fixed salt
+//! not a weak key), at most [`MAX_KEY_BYTES`]. For a key rotation, `state-key-previous` (the
+//! old key) may be passed too: it only opens, and what it opens is resealed with the new one. The file key is HKDF-SHA256 of it (fixed salt
 //! and info naming this format) into an AES-256-GCM key; the credential's bytes are zeroed
 //! as soon as the key is derived, and the AEAD key lives inside aws-lc (zeroed on drop).
 //!
@@ -39,6 +40,9 @@ use crate::secret::Secret;
 
 /// The credential's name in `$CREDENTIALS_DIRECTORY` (`LoadCredentialEncrypted=state-key:...`).
 pub const CREDENTIAL_NAME: &str = "state-key";
+/// The key being rotated away from, when given (`LoadCredentialEncrypted=state-key-previous:...`):
+/// files it opens are rewritten with `state-key` at once. Never used to write.
+pub const PREVIOUS_CREDENTIAL_NAME: &str = "state-key-previous";
 /// Shortest credential accepted: 256 bits.
 pub const MIN_KEY_BYTES: usize = 32;
 /// Longest credential read (a larger file is a mistake, not a key).
@@ -262,8 +266,13 @@ pub enum Sealing {
     /// `seal = "auto"` and no key: written unsealed. The reason (which variable or file is
     /// missing) is logged at start.
     NoKey(String),
-    /// Sealed with this key.
-    Sealed(StateKey),
+    /// Sealed with `key`; `previous` (the key rotated away from) also opens.
+    Sealed {
+        /// `state-key`: seals and opens.
+        key: StateKey,
+        /// `state-key-previous`, when passed: opens only.
+        previous: Option<StateKey>,
+    },
 }
 
 /// What `status`, `/v1/apps` and `/metrics` show about sealing. The default is "not sealed".
@@ -311,13 +320,19 @@ impl Sealing {
             }
             Err(e) => return Err(e),
         };
-        StateKey::derive(&credential, &path).map(Sealing::Sealed)
+        let key = StateKey::derive(&credential, &path)?;
+        let previous_path = dir.join(PREVIOUS_CREDENTIAL_NAME);
+        let previous = match read_capped(&previous_path)? {
+            Some(bytes) => Some(StateKey::derive(&bytes, &previous_path)?),
+            None => None,
+        };
+        Ok(Sealing::Sealed { key, previous })
     }
 
     /// Whether files are written sealed, and with which key source.
     pub fn status(&self) -> SealStatus {
         match self {
-            Sealing::Sealed(_) => SealStatus {
+            Sealing::Sealed { .. } => SealStatus {
                 sealed: true,
                 key_source: Some(KEY_SOURCE),
             },
@@ -328,10 +343,18 @@ impl Sealing {
         }
     }
 
-    /// The key, when sealing.
+    /// The key that seals, when sealing.
     pub fn key(&self) -> Option<&StateKey> {
         match self {
-            Sealing::Sealed(key) => Some(key),
+            Sealing::Sealed { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The previous key of a rotation, when one was passed.
+    pub fn previous_key(&self) -> Option<&StateKey> {
+        match self {
+            Sealing::Sealed { previous, .. } => previous.as_ref(),
             _ => None,
         }
     }
@@ -571,7 +594,20 @@ mod tests {
                 key_source: Some("credentials:state-key")
             }
         );
-        assert_eq!(format!("{:?}", sealing), "Sealed(StateKey(** redacted **))");
+        assert_eq!(
+            format!("{:?}", sealing),
+            "Sealed { key: StateKey(** redacted **), previous: None }"
+        );
+        // A previous key is read too, and checked the same way.
+        std::fs::write(creds.join("state-key-previous"), [8u8; 31]).unwrap();
+        let err = Sealing::from_credentials(SealMode::Auto, Some(creds)).unwrap_err();
+        assert!(
+            err.to_string().contains("state-key-previous is 31 bytes"),
+            "{err}"
+        );
+        std::fs::write(creds.join("state-key-previous"), [8u8; 32]).unwrap();
+        let sealing = Sealing::from_credentials(SealMode::Auto, Some(creds)).unwrap();
+        assert!(sealing.previous_key().is_some());
         std::fs::write(creds.join("state-key"), vec![1u8; MAX_KEY_BYTES + 1]).unwrap();
         assert!(matches!(
             Sealing::from_credentials(SealMode::Auto, Some(creds)).unwrap_err(),

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::seal::{Binding, Purpose, SealStatus, SealedFields, Sealing};
+use crate::seal::{self, Binding, Purpose, SealStatus, SealedFields, Sealing};
 use crate::secret::Secret;
 
 /// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
@@ -268,7 +268,7 @@ impl Store {
                 };
                 let fields = SealedFields { v, alg, nonce, ct };
                 let key = match &self.sealing {
-                    Sealing::Sealed(key) => key,
+                    Sealing::Sealed { key, .. } => key,
                     Sealing::Off => {
                         let why = "sealed, but [state] seal = \"off\" (restore seal = \"auto\" and the key to use it)";
                         self.quarantine(app, &path, wall_secs, why);
@@ -280,7 +280,20 @@ impl Store {
                         return None;
                     }
                 };
-                match key.open(&binding, &fields) {
+                let opened = match (key.open(&binding, &fields), self.sealing.previous_key()) {
+                    (Err(seal::OpenError::NotOpened), Some(previous)) => {
+                        let opened = previous.open(&binding, &fields);
+                        if let Ok(token) = &opened {
+                            if !token.is_empty() {
+                                info!(app, "state file sealed with state-key-previous; resealing it with state-key");
+                                self.migrate(app, client_id, token);
+                            }
+                        }
+                        opened
+                    }
+                    (opened, _) => opened,
+                };
+                match opened {
                     Ok(token) if token.is_empty() => {
                         self.quarantine(app, &path, wall_secs, "empty refresh token");
                         return None;
@@ -305,11 +318,12 @@ impl Store {
         Some(token)
     }
 
-    /// An unsealed file read while sealing: rewritten sealed now, so no plain copy waits
-    /// for the next rotation (which may be hours away, or never for a non-rotating token).
+    /// An unsealed file (or one sealed with the previous key) read while sealing: rewritten
+    /// sealed with the current key now, so no plain or old-key copy waits for the next
+    /// rotation (which may be hours away, or never for a non-rotating token).
     fn migrate(&self, app: &str, client_id: &str, token: &Secret) {
         match self.save(app, client_id, token) {
-            Ok(()) => info!(app, "unsealed state file rewritten sealed"),
+            Ok(()) => info!(app, "state file rewritten sealed with state-key"),
             Err(e) => {
                 warn!(app, error = %e, "cannot rewrite the unsealed state file sealed; it stays until the next save")
             }
@@ -613,9 +627,10 @@ mod tests {
 
     fn sealed_store(state: &Path, byte: u8) -> Store {
         let key = crate::seal::StateKey::derive(&[byte; 32], Path::new("/k")).unwrap();
-        Store::open(state)
-            .unwrap()
-            .with_sealing(Sealing::Sealed(key))
+        Store::open(state).unwrap().with_sealing(Sealing::Sealed {
+            key,
+            previous: None,
+        })
     }
 
     fn names(state: &Path) -> Vec<String> {
@@ -719,5 +734,30 @@ mod tests {
                 .expose(),
             "rt-1"
         );
+    }
+
+    #[test]
+    fn a_file_sealed_with_the_previous_key_opens_and_is_resealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        sealed_store(&state, 1)
+            .save("a", "cid", &Secret::new("rt-old-key"))
+            .unwrap();
+        let derive = |b: u8| crate::seal::StateKey::derive(&[b; 32], Path::new("/k")).unwrap();
+        let rotating = Store::open(&state).unwrap().with_sealing(Sealing::Sealed {
+            key: derive(2),
+            previous: Some(derive(1)),
+        });
+        assert_eq!(rotating.load("a", "cid", 1).unwrap().expose(), "rt-old-key");
+        // Resealed with the new key: the new key alone opens it now, the old one not.
+        assert_eq!(
+            sealed_store(&state, 2)
+                .load("a", "cid", 2)
+                .unwrap()
+                .expose(),
+            "rt-old-key"
+        );
+        assert!(sealed_store(&state, 1).load("a", "cid", 3).is_none());
+        assert_eq!(names(&state), ["a.json.corrupt-3"]);
     }
 }

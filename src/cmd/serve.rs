@@ -51,11 +51,12 @@ pub async fn serve(
         crate::seal::Sealing::from_credentials(config.state.seal, env.credentials_dir().as_deref())
             .map_err(|e| Failure::failed(format!("refusing to start: {e}")))?;
     match &sealing {
-        crate::seal::Sealing::Sealed(_) => {
+        crate::seal::Sealing::Sealed { previous, .. } => {
             info!(
                 seal = config.state.seal.as_str(),
                 sealed = true,
                 key_source = crate::seal::KEY_SOURCE,
+                previous_key = previous.is_some(),
                 "state files are sealed"
             )
         }

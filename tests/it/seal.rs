@@ -223,6 +223,48 @@ async fn another_key_moves_the_file_aside_and_the_app_falls_back() {
     assert_sealed_format(&std::fs::read(env.path("state/reports.json")).unwrap());
 }
 
+/// Key rotation: the new key as `state-key`, the old one as `state-key-previous`; every
+/// file opens (no fallback: the newest token is presented) and is resealed with the new key
+/// at start, so the next start needs the new key alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_with_the_previous_key_keeps_the_newest_token() {
+    let env = TestEnv::new(3600).await;
+    env.refresh_app("reports", SEED);
+    let old = random_key(32);
+    let new = random_key(32);
+    let first = credentials(&env, "creds-old", &old);
+    let daemon = daemon_with_key(&env, &first).await;
+    daemon.wait_state("reports", "ready", 10).await;
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    let rotating = credentials(&env, "creds-rotating", &new);
+    std::fs::write(rotating.join("state-key-previous"), &old).unwrap();
+    let daemon = daemon_with_key(&env, &rotating).await;
+    daemon.wait_state("reports", "ready", 10).await;
+    let calls = presented(&env);
+    assert_eq!(calls.len(), 2);
+    assert_ne!(
+        calls[1], SEED,
+        "fell back instead of opening with the previous key"
+    );
+    let logs = daemon.logs();
+    assert!(logs.contains("resealing it with state-key"), "{logs}");
+    assert!(!logs.contains("moved aside"), "{logs}");
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    let only_new = credentials(&env, "creds-new", &new);
+    let daemon = daemon_with_key(&env, &only_new).await;
+    daemon.wait_state("reports", "ready", 10).await;
+    let calls = presented(&env);
+    assert_eq!(calls.len(), 3);
+    assert!(
+        !calls[..2].contains(&calls[2]),
+        "the newest token was not presented"
+    );
+    assert!(!daemon.logs().contains("moved aside"), "{}", daemon.logs());
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
 /// A sealed file cut short, or with one bit flipped: moved aside, fallback, the daemon runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_or_bit_flipped_file_is_moved_aside() {
@@ -318,7 +360,7 @@ async fn an_unsealed_file_is_migrated() {
     );
     assert!(daemon
         .logs()
-        .contains("unsealed state file rewritten sealed"));
+        .contains("state file rewritten sealed with state-key"));
     assert_eq!(daemon.stop().code(), Some(0));
     let files = state_files(&env);
     assert_eq!(files.len(), 1, "{:?}", names(&env));
