@@ -8,8 +8,9 @@
 //! start: any bytes, at least [`MIN_KEY_BYTES`] of them (a shorter one is a start-up error,
 //! not a weak key), at most [`MAX_KEY_BYTES`]. For a key rotation, `state-key-previous` (the
 //! old key) may be passed too: it only opens, and what it opens is resealed with the new one. The file key is HKDF-SHA256 of it (fixed salt
-//! and info naming this format) into an AES-256-GCM key; the credential's bytes are zeroed
-//! as soon as the key is derived, and the AEAD key lives inside aws-lc (zeroed on drop).
+//! and info naming this format) into an AES-256-GCM key; the credential's bytes and the
+//! derived key's bytes are zeroed as soon as the key is set up, and the AEAD context lives in
+//! aws-lc, which cleanses its allocations when they are freed.
 //!
 //! **Format, version 1.** One JSON object, no secret in any encoding:
 //!
@@ -153,11 +154,18 @@ impl StateKey {
             });
         }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(credential);
-        let okm = prk
-            .expand(&[HKDF_INFO], &aead::AES_256_GCM)
+        // Filled into a buffer of ours, zeroed on drop (`UnboundKey::from(Okm)` would leave
+        // an unzeroed copy on its stack). aws-lc copies it into its context, and cleanses
+        // that allocation when it is freed.
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        prk.expand(&[HKDF_INFO], &aead::AES_256_GCM)
+            .and_then(|okm| okm.fill(&mut bytes[..]))
             .expect("32 bytes is within HKDF-SHA256's output limit");
-        let key = aead::LessSafeKey::new(aead::UnboundKey::from(okm));
-        Ok(StateKey { key })
+        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &bytes[..])
+            .expect("a 32-byte key is an AES-256-GCM key");
+        Ok(StateKey {
+            key: aead::LessSafeKey::new(unbound),
+        })
     }
 
     /// Seals `secret` for `binding`: the file's whole text.
