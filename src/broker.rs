@@ -16,7 +16,7 @@ use crate::refresh::policy::{LivePolicy, Policy};
 use crate::refresh::state::AppState;
 use crate::refresh::AppHandle;
 use crate::store::Store;
-use crate::upstream::oidc::Upstreams;
+use crate::upstream::clients::Upstreams;
 
 /// Running apps by name, and what a reload needs to start more.
 pub struct Broker {

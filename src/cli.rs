@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Brokers AWS IAM Identity Center tokens to local programs over a Unix socket.
 #[derive(Debug, Parser)]
@@ -99,6 +99,12 @@ pub enum Command {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
     },
+    /// Print a completion script for SHELL on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
 }
 
 impl Command {
@@ -113,7 +119,8 @@ impl Command {
             Command::Serve { .. }
             | Command::CheckConfig
             | Command::Fetch { .. }
-            | Command::Login { .. } => None,
+            | Command::Login { .. }
+            | Command::Completions { .. } => None,
         }
     }
 }
@@ -157,4 +164,53 @@ pub enum FetchFormat {
     Json,
     /// Aligned columns.
     Table,
+}
+
+/// `completions SHELL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// Bash (bash-completion).
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+impl CompletionShell {
+    /// The static completion script for this shell, from these definitions (subcommands,
+    /// options, `--format` values); the packaged copies under `pkg/completions/` are these
+    /// bytes. App names are not completed: see the README.
+    pub fn script(self) -> String {
+        let shell = match self {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        };
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "iamtokend", &mut out);
+        // clap writes UTF-8; lossy only so that this can never panic.
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_take_bash_zsh_fish_and_refuse_other_shells() {
+        for (shell, marker) in [
+            (CompletionShell::Bash, "complete -F _iamtokend"),
+            (CompletionShell::Zsh, "#compdef iamtokend"),
+            (CompletionShell::Fish, "complete -c iamtokend"),
+        ] {
+            let script = shell.script();
+            assert!(script.contains(marker), "{shell:?}: no {marker:?}");
+            assert!(script.contains("credential-process"), "{shell:?}");
+        }
+        let err = Cli::try_parse_from(["iamtokend", "completions", "tcsh"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(err.use_stderr());
+    }
 }

@@ -12,10 +12,10 @@
 //! - [`broker`]: the running apps, started in dependency order; SIGHUP reload.
 //! - [`login`]: the browser half of `iamtokend login` (authorize URL, loopback listener).
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
-//! - [`cli`], [`cmd`]: the command line; `main.rs` maps results to exit codes.
+//! - [`cli`], [`cmd`]: the command line (`cmd::dev` is `serve --dev`); `main.rs` maps results
+//!   to exit codes.
 //! - [`clock`]: the one clock; [`secret`]: the one secret type; [`logging`], [`signals`].
-//! - [`notify`]: systemd notifications and the watchdog; [`server::activation`]: socket
-//!   activation.
+//! - [`systemd`]: sd_notify notifications, the watchdog and `STATUS=` line, socket activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
 //! - [`store`]: the state dir; [`seal`]: its files sealed at rest (the systemd credential
 //!   `state-key`, HKDF, AES-256-GCM, the sealed format).
@@ -29,13 +29,11 @@ pub mod client;
 pub mod clock;
 pub mod cmd;
 pub mod config;
-pub mod dev;
 pub mod grant;
 pub mod harden;
 pub mod logging;
 pub mod login;
 pub mod metrics;
-pub mod notify;
 pub mod pkce;
 pub mod refresh;
 pub mod seal;
@@ -44,4 +42,5 @@ pub mod server;
 pub mod signals;
 pub mod sim;
 pub mod store;
+pub mod systemd;
 pub mod upstream;

@@ -223,7 +223,8 @@ impl Metrics {
             .inc();
     }
 
-    /// One socket request answered. `route` is a template from [`route_template`].
+    /// One socket request answered. `route` is the template of the route table
+    /// ([`crate::server::routes::Route::template`]): never a path a client sent.
     pub fn request(&self, route: &'static str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { route, status })
@@ -264,35 +265,10 @@ fn outcome(result: Result<(), &UpstreamError>) -> &'static str {
     }
 }
 
-/// The route template of a request path: the `route` label. Anything unknown is `other`, so a
-/// client cannot mint new series (or plant text in a label) by asking for odd paths.
-pub fn route_template(path: &str) -> &'static str {
-    let mut segments = path.trim_start_matches('/').split('/');
-    match (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) {
-        (Some("v1"), Some("health"), None, _, _) => "/v1/health",
-        (Some("v1"), Some("apps"), None, _, _) => "/v1/apps",
-        (Some("v1"), Some("apps"), Some(_), Some(action), None) => match action {
-            "token" => "/v1/apps/{app}/token",
-            "credentials" => "/v1/apps/{app}/credentials",
-            "refresh" => "/v1/apps/{app}/refresh",
-            "login" => "/v1/apps/{app}/login",
-            _ => "other",
-        },
-        (Some("metrics"), None, _, _, _) => "/metrics",
-        _ => "other",
-    }
-}
-
 /// What the per-app gauges show of one app, read from its snapshot at scrape time.
 #[derive(Debug, Clone)]
 pub struct AppSample {
-    /// App name (from the config).
+    /// The `app` label: the name from the config, never client text.
     pub app: String,
     /// The state a reader would report now.
     pub state: AppState,
@@ -349,24 +325,6 @@ impl Collector for AppGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_templates_never_carry_client_text() {
-        assert_eq!(route_template("/v1/health"), "/v1/health");
-        assert_eq!(route_template("/v1/apps"), "/v1/apps");
-        assert_eq!(
-            route_template("/v1/apps/analytics/token"),
-            "/v1/apps/{app}/token"
-        );
-        assert_eq!(
-            route_template("/v1/apps/secret-looking-thing/credentials"),
-            "/v1/apps/{app}/credentials"
-        );
-        assert_eq!(route_template("/v1/apps/x/token/extra"), "other");
-        assert_eq!(route_template("/v1/apps/x/bogus"), "other");
-        assert_eq!(route_template("/metrics"), "/metrics");
-        assert_eq!(route_template("/aoa-canary"), "other");
-    }
 
     #[test]
     fn exposition_names_types_and_values() {

@@ -20,8 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(uri) = uri.parse::<http::Uri>() else {
         return;
     };
-    let is_app = |name: &str| name == "analytics";
-    if let Err(e) = iamtokend::server::routes::resolve(&method, uri.path(), uri.query(), is_app) {
+    let app = |name: &str| (name == "analytics").then_some(());
+    let route = iamtokend::server::routes::resolve(&method, uri.path(), uri.query(), app);
+    if let iamtokend::server::routes::Target::Refused(e) = route.target {
         assert!(matches!(e.status.as_u16(), 400 | 404 | 405), "{e:?}");
     }
 });

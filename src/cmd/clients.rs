@@ -25,7 +25,8 @@ pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure>
         Command::Serve { .. }
         | Command::CheckConfig
         | Command::Fetch { .. }
-        | Command::Login { .. } => Err(Failure::usage("not a client subcommand")),
+        | Command::Login { .. }
+        | Command::Completions { .. } => Err(Failure::usage("not a client subcommand")),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::cli::FetchFormat;
 use crate::config::{Config, GrantKind, LogFormat};
 use crate::grant::{request, RequestError};
 use crate::secret::Secret;
-use crate::upstream::oidc::Upstreams;
+use crate::upstream::clients::Upstreams;
 use crate::upstream::IssuedToken;
 
 /// Runs `fetch`.

@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod clients;
+pub mod dev;
 pub mod fetch;
 pub mod login;
 pub mod serve;
@@ -63,7 +64,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let env = Env::from_process();
     let config_file = paths::config_file(cli.config.as_deref(), &env);
     match cli.command {
-        Command::Serve { dev: true } => crate::dev::run().await,
+        Command::Completions { shell } => print_stdout(&shell.script()),
+        Command::Serve { dev: true } => dev::run().await,
         Command::Serve { dev: false } => serve::run(&config_file, hardened).await,
         Command::CheckConfig => check_config::run(&config_file),
         Command::Fetch {

@@ -10,8 +10,11 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::paths::{self, Env};
 use crate::config::Config;
+use crate::refresh::AppState;
 use crate::server::SocketFile;
-use crate::upstream::oidc::Upstreams;
+use crate::systemd::notify::Notifier;
+use crate::systemd::watchdog::Supervisor;
+use crate::upstream::clients::Upstreams;
 
 /// Serves the config at `file` with the SDK's credentials; `hardened` is what the process
 /// hardening at start achieved, logged here once logging is up.
@@ -40,7 +43,9 @@ pub async fn serve(
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
 ) -> Result<(), Failure> {
-    crate::notify::init();
+    // First: it takes the systemd variables out of the environment before anything can spawn
+    // a child.
+    let notifier = Arc::new(Notifier::from_environment());
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
     let (listener, socket_file, socket) = listen(&config)?;
@@ -93,15 +98,15 @@ pub async fn serve(
             crate::broker::release_free_memory();
         });
     }
-    let mut supervisor = crate::notify::Supervisor::start(broker.clone());
+    let mut supervisor = supervise(notifier.clone(), &broker);
     let reloader = {
         let broker = broker.clone();
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                crate::notify::reloading();
+                notifier.reloading();
                 reload(&main_file, &broker).await;
                 crate::broker::release_free_memory();
-                crate::notify::ready();
+                notifier.ready();
             }
         })
     };
@@ -168,7 +173,7 @@ fn listen(
     config: &Config,
 ) -> Result<(tokio::net::UnixListener, Option<SocketFile>, PathBuf), Failure> {
     let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
-    match crate::server::activation::take().map_err(|e| Failure::failed(e.to_string()))? {
+    match crate::systemd::activation::take().map_err(|e| Failure::failed(e.to_string()))? {
         Some(passed) => {
             let path = passed
                 .path
@@ -186,5 +191,85 @@ fn listen(
                 })?;
             Ok((listener, Some(file), socket))
         }
+    }
+}
+
+/// The systemd supervision of this daemon: the watchdog pings while every app's owner task
+/// answers ([`Broker::alive`]), and `STATUS=` is the summary of the app states.
+fn supervise(notifier: Arc<Notifier>, broker: &Arc<Broker>) -> Supervisor {
+    let probe = {
+        let broker = broker.clone();
+        move |wait| {
+            let broker = broker.clone();
+            async move { broker.alive(wait).await }
+        }
+    };
+    let status = {
+        let broker = broker.clone();
+        move || broker_summary(&broker)
+    };
+    Supervisor::start(notifier, probe, status)
+}
+
+/// The one-line `STATUS=` summary: "4 apps: 3 ready, 1 failing" (states with no app left out,
+/// in the order an operator reads them: good, in progress, bad).
+fn summary(states: impl IntoIterator<Item = AppState>) -> String {
+    const ORDER: [AppState; 6] = [
+        AppState::Ready,
+        AppState::Refreshing,
+        AppState::Pending,
+        AppState::Failing,
+        AppState::Expired,
+        AppState::NeedsLogin,
+    ];
+    let mut counts = [0usize; ORDER.len()];
+    let mut total = 0;
+    for state in states {
+        total += 1;
+        if let Some(i) = ORDER.iter().position(|s| *s == state) {
+            counts[i] += 1;
+        }
+    }
+    if total == 0 {
+        return "no apps configured".into();
+    }
+    let parts: Vec<String> = ORDER
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 0)
+        .map(|(state, n)| format!("{n} {}", state.as_str()))
+        .collect();
+    let noun = if total == 1 { "app" } else { "apps" };
+    format!("{total} {noun}: {}", parts.join(", "))
+}
+
+/// The summary of `broker`'s apps now.
+fn broker_summary(broker: &Broker) -> String {
+    let now = broker.clock().now();
+    summary(
+        broker
+            .apps()
+            .iter()
+            .map(|app| app.snapshot().effective_state(now)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_counts_states() {
+        use AppState::*;
+        assert_eq!(summary([]), "no apps configured");
+        assert_eq!(summary([Ready]), "1 app: 1 ready");
+        assert_eq!(
+            summary([Failing, Ready, NeedsLogin, Ready, Ready]),
+            "5 apps: 3 ready, 1 failing, 1 needs_login"
+        );
+        assert_eq!(
+            summary([Expired, Pending, Refreshing]),
+            "3 apps: 1 refreshing, 1 pending, 1 expired"
+        );
     }
 }

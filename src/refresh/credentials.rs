@@ -20,8 +20,8 @@ use super::policy::{centered, refresh_delay, FailureKind, LivePolicy, Policy, Re
 use super::state::Token;
 use crate::clock::Clock;
 use crate::grant::identity_claim;
-use crate::upstream::sts::{RoleAssumer, RoleCredentials};
 use crate::upstream::UpstreamError;
+use crate::upstream::{RoleAssumer, RoleCredentials};
 
 /// Never hand out credentials with less than this left when new ones can be had: botocore
 /// re-runs a credential_process helper on every call once under 15 minutes (reference §5).

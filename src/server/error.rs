@@ -1,20 +1,19 @@
 //! `ApiError`: the one place where domain errors become HTTP statuses and error codes
-//! (CONTRACT §5), and the error envelope `{"error": {"code", "message"}}`.
+//! (CONTRACT §5). [`super::response::error_response`] writes the envelope.
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 
 use crate::refresh::ServeError;
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// HTTP status.
+    /// The answer's status (CONTRACT §5's table).
     pub status: StatusCode,
-    /// snake_case code.
+    /// The envelope's `error.code`: a fixed snake_case word, never client text.
     pub code: &'static str,
-    /// One human sentence.
+    /// The envelope's `error.message`: one sentence; any client text in it is bounded and
+    /// quoted.
     pub message: String,
 }
 
@@ -99,14 +98,6 @@ impl ApiError {
             "bad_request",
             format!("the request body is larger than {limit} bytes"),
         )
-    }
-
-    /// The answer.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": { "code": self.code, "message": self.message }
-        });
-        super::routes::json_response(self.status, &body)
     }
 }
 

@@ -1,32 +1,149 @@
-//! One function per route of CONTRACT §5. Handlers read the broker and build JSON; the
-//! token JSON here is the one place a token is written out.
+//! The route table of CONTRACT §5. [`ENDPOINTS`] is the one place the path grammar is
+//! written: [`resolve`] matches a request against it and returns a [`Route`] for every
+//! request, refused ones included, carrying the metrics label and whether answering may call
+//! upstream (which the per-connection rate limit charges). A new route is a row there, a
+//! [`Serves`] variant, and its arm in the handlers' `answer` (the compiler asks for it).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use serde::Deserialize;
-use serde_json::{json, Value};
-
-use tracing::warn;
+use http::Method;
 
 use super::error::ApiError;
-use super::peer::{self, Peer};
-use crate::broker::Broker;
-use crate::clock::rfc3339;
-use crate::config::Grant;
-use crate::refresh::{AppHandle, Token};
-use crate::secret::Secret;
 
-/// Largest request body taken (the login body is a few hundred bytes).
-pub const MAX_BODY: usize = 64 * 1024;
+/// The `route` label of a request whose path names no endpoint: a client cannot mint new
+/// series (or plant text in a label) by asking for odd paths.
+pub const OTHER: &str = "other";
 
-/// What a request asks for, once its method, path and query are understood. Built by
-/// [`resolve`], which is pure, so routing can be tested (and fuzzed) without a broker.
+/// One endpoint of CONTRACT §5.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The path, `{app}` standing for one segment that must name a configured app. Also the
+    /// metrics `route` label: never client text.
+    pub template: &'static str,
+    /// The one method it takes; any other gets 405.
+    pub method: Method,
+    /// What it does.
+    pub serves: Serves,
+    /// When answering may call upstream however fresh the cache is.
+    pub upstream: Upstream,
+}
+
+/// What an [`Endpoint`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// `{"status":"ok"}`.
+    Health,
+    /// The apps this peer may read.
+    Apps,
+    /// The Prometheus exposition.
+    Metrics,
+    /// An app's token, refreshed first under `min_ttl`.
+    Token,
+    /// A forced refresh.
+    Refresh,
+    /// The authorization-code login.
+    Login,
+    /// The app's role credentials.
+    Credentials,
+}
+
+/// When a request may make the daemon call upstream. Those requests count against their
+/// connection's rate; cached reads do not: they cost microseconds, a client may legitimately
+/// read its token at any rate, and one connection is one task, so a flood of them cannot
+/// starve other clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Never: answered from memory.
+    Never,
+    /// When the request carries a `min_ttl` (a cached token with less left is refreshed).
+    WithMinTtl,
+    /// Every time (a forced refresh, a login, role credentials).
+    Always,
+}
+
+/// The route table.
+pub static ENDPOINTS: [Endpoint; 7] = [
+    Endpoint {
+        template: "/v1/health",
+        method: Method::GET,
+        serves: Serves::Health,
+        upstream: Upstream::Never,
+    },
+    Endpoint {
+        template: "/v1/apps",
+        method: Method::GET,
+        serves: Serves::Apps,
+        upstream: Upstream::Never,
+    },
+    Endpoint {
+        template: "/v1/apps/{app}/token",
+        method: Method::GET,
+        serves: Serves::Token,
+        upstream: Upstream::WithMinTtl,
+    },
+    Endpoint {
+        template: "/v1/apps/{app}/refresh",
+        method: Method::POST,
+        serves: Serves::Refresh,
+        upstream: Upstream::Always,
+    },
+    Endpoint {
+        template: "/v1/apps/{app}/login",
+        method: Method::POST,
+        serves: Serves::Login,
+        upstream: Upstream::Always,
+    },
+    Endpoint {
+        template: "/v1/apps/{app}/credentials",
+        method: Method::GET,
+        serves: Serves::Credentials,
+        upstream: Upstream::Always,
+    },
+    Endpoint {
+        template: "/metrics",
+        method: Method::GET,
+        serves: Serves::Metrics,
+        upstream: Upstream::Never,
+    },
+];
+
+/// Where `{app}` stands in a template.
+const APP: &str = "{app}";
+
+impl Endpoint {
+    /// Whether `segments` (a path split at `/`, leading `/` removed) is this endpoint's path.
+    fn matches(&self, segments: &[&str]) -> bool {
+        let mut template = self.template.trim_start_matches('/').split('/');
+        let mut path = segments.iter();
+        loop {
+            match (template.next(), path.next()) {
+                (None, None) => return true,
+                (Some(t), Some(p)) if t == APP || t == *p => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// What one request asks for, once its method, path and query are understood. Built by
+/// [`resolve`], which is pure, so routing can be tested (and fuzzed) without a broker. `A` is
+/// what the app look-up returns (the app's handle in the server).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route<'a> {
+pub struct Route<A> {
+    /// The handler to run, or the refusal to send.
+    pub target: Target<A>,
+    /// The `route` label: the template of the endpoint the path names (whatever the method,
+    /// app or query), or [`OTHER`].
+    pub template: &'static str,
+    /// Whether the request counts against its connection's rate: its endpoint's [`Upstream`]
+    /// applies, or it is not a `GET`. The same whether it is answered or refused, so a client
+    /// cannot flood writes or forced refreshes by getting them slightly wrong.
+    pub charged: bool,
+}
+
+/// What answers a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<A> {
     /// `GET /v1/health`.
     Health,
     /// `GET /v1/apps`.
@@ -35,28 +152,13 @@ pub enum Route<'a> {
     Metrics,
     /// `/v1/apps/{app}/{action}` for an app that exists.
     App {
-        /// The app's name, as it appeared in the path (it matched a configured app).
-        name: &'a str,
+        /// The app, as the look-up returned it (looked up once per request).
+        app: A,
         /// What to do with it.
         action: AppAction,
     },
-}
-
-impl Route<'_> {
-    /// The route's template for metrics labels: never client text.
-    pub fn template(&self) -> &'static str {
-        match self {
-            Route::Health => "/v1/health",
-            Route::Apps => "/v1/apps",
-            Route::Metrics => "/metrics",
-            Route::App { action, .. } => match action {
-                AppAction::Token { .. } => "/v1/apps/{app}/token",
-                AppAction::Refresh => "/v1/apps/{app}/refresh",
-                AppAction::Login => "/v1/apps/{app}/login",
-                AppAction::Credentials => "/v1/apps/{app}/credentials",
-            },
-        }
-    }
+    /// An answer without a handler: 404, 405 or 400.
+    Refused(ApiError),
 }
 
 /// The per-app routes of CONTRACT §5.
@@ -75,186 +177,96 @@ pub enum AppAction {
     Credentials,
 }
 
-/// Per-server state the handlers need besides the request.
-pub struct Ctx {
-    /// The running apps.
-    pub broker: Arc<Broker>,
-    /// The daemon's effective uid: with root, the readers of an app without `[access]`.
-    pub daemon_uid: u32,
-    /// How long a request body may take to arrive.
-    pub body_timeout: Duration,
-}
-
-/// Routes one request from `peer`.
-pub async fn handle<B>(request: Request<B>, ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>>
-where
-    B: hyper::body::Body + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let (template, result) = route(request, ctx, peer).await;
-    let response = result.unwrap_or_else(ApiError::into_response);
-    ctx.broker
-        .metrics()
-        .request(template, response.status().as_u16());
-    response
-}
-
-/// Method, path and query -> [`Route`]. `is_app` says whether a name is a configured app.
+/// Method, path and query -> [`Route`]. `app` looks a name up among the configured apps.
 /// Paths are taken as sent: no percent-decoding (an app name never needs encoding, so
 /// `/v1/apps/ana%6Cytics/token` names no app and answers 404 `unknown_app`).
 ///
-/// # Errors
-/// 404 `unknown_app` / `not_found`, 405 `method_not_allowed`, 400 `bad_request` (query).
-pub fn resolve<'a>(
+/// A refusal is 404 `unknown_app` / `not_found`, 405 `method_not_allowed` or 400
+/// `bad_request` (query), checked in that order: an unknown app name answers `unknown_app`
+/// whatever else is wrong with the request.
+pub fn resolve<A>(
     method: &Method,
-    path: &'a str,
-    query: Option<&str>,
-    is_app: impl Fn(&str) -> bool,
-) -> Result<Route<'a>, ApiError> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "health"] => {
-            only(method, Method::GET)?;
-            Ok(Route::Health)
-        }
-        ["v1", "apps"] => {
-            only(method, Method::GET)?;
-            Ok(Route::Apps)
-        }
-        ["v1", "apps", name, action] => {
-            if !is_app(name) {
-                return Err(ApiError::unknown_app(name));
-            }
-            let action = match *action {
-                "token" => {
-                    only(method, Method::GET)?;
-                    AppAction::Token {
-                        min_ttl: parse_min_ttl(query)?,
-                    }
-                }
-                "refresh" => {
-                    only(method, Method::POST)?;
-                    AppAction::Refresh
-                }
-                "login" => {
-                    only(method, Method::POST)?;
-                    AppAction::Login
-                }
-                "credentials" => {
-                    only(method, Method::GET)?;
-                    AppAction::Credentials
-                }
-                _ => {
-                    return Err(ApiError::not_found(&format!(
-                        "/v1/apps/{{app}}/{}",
-                        shown(action)
-                    )))
-                }
-            };
-            Ok(Route::App { name, action })
-        }
-        ["metrics"] => {
-            only(method, Method::GET)?;
-            Ok(Route::Metrics)
-        }
-        _ => Err(ApiError::not_found(&shown(path))),
-    }
-}
-
-/// Resolves and answers one request; also returns its route template for the metrics (the
-/// resolved route's own, or for a refused request the template its path has).
-async fn route<B>(
-    request: Request<B>,
-    ctx: &Ctx,
-    peer: &Peer,
-) -> (&'static str, Result<Response<Full<Bytes>>, ApiError>)
-where
-    B: hyper::body::Body + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let broker = &ctx.broker;
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().map(str::to_owned);
-    let method = request.method().clone();
-    let resolved = resolve(&method, &path, query.as_deref(), |name| {
-        broker.app(name).is_some()
-    });
-    let template = match &resolved {
-        Ok(route) => route.template(),
-        Err(_) => crate::metrics::route_template(&path),
-    };
-    let result = match resolved {
-        Ok(route) => answer(route, request, ctx, peer, &path).await,
-        Err(e) => Err(e),
-    };
-    (template, result)
-}
-
-/// Answers a resolved request.
-async fn answer<B>(
-    route: Route<'_>,
-    request: Request<B>,
-    ctx: &Ctx,
-    peer: &Peer,
     path: &str,
-) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    B: hyper::body::Body + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let broker = &ctx.broker;
-    match route {
-        Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        Route::Apps => Ok(list_apps(ctx, peer).await),
-        Route::Metrics => Ok(metrics_response(broker)),
-        Route::App { name, action } => {
-            // Gone between `resolve` and here only through a reload: the same 404.
-            let app = broker
-                .app(name)
-                .ok_or_else(|| ApiError::unknown_app(name))?;
-            if !may_read(ctx, peer, &app).await {
-                warn!(app = name, uid = peer.uid, gid = peer.gid, pid = peer.pid, path = %shown(path), "peer refused by the app's [access]");
-                return Err(ApiError::forbidden(name));
-            }
-            match action {
-                AppAction::Token { min_ttl } => {
-                    let token = app.token(min_ttl).await?;
-                    if app.last_attempt_failed() {
-                        // The last attempt failed: this is the last good token.
-                        broker.metrics().served_stale(app.name(), "token");
-                    }
-                    Ok(token_response(broker, &token))
-                }
-                AppAction::Refresh => {
-                    let token = app.refresh().await?;
-                    Ok(token_response(broker, &token))
-                }
-                AppAction::Login => login(&app, request, ctx.body_timeout).await,
-                AppAction::Credentials => {
-                    let creds = app.credentials().await?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &crate::refresh::credentials::credential_process_json(&creds),
-                    ))
-                }
-            }
+    query: Option<&str>,
+    app: impl FnOnce(&str) -> Option<A>,
+) -> Route<A> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let endpoint = ENDPOINTS.iter().find(|e| e.matches(&segments));
+    let template = endpoint.map_or(OTHER, |e| e.template);
+    let charged = *method != Method::GET || endpoint.is_some_and(|e| e.upstream.applies(query));
+    let target =
+        target(endpoint, method, path, &segments, query, app).unwrap_or_else(Target::Refused);
+    Route {
+        target,
+        template,
+        charged,
+    }
+}
+
+impl Upstream {
+    /// Whether a request with `query` may call upstream.
+    fn applies(self, query: Option<&str>) -> bool {
+        match self {
+            Upstream::Never => false,
+            Upstream::WithMinTtl => query
+                .unwrap_or("")
+                .split('&')
+                .any(|pair| pair.split('=').next() == Some("min_ttl")),
+            Upstream::Always => true,
         }
     }
 }
 
-/// The app's `[access]` applied to the peer (see [`peer::admits`]).
-async fn may_read(ctx: &Ctx, peer: &Peer, app: &AppHandle) -> bool {
-    let access = app.config.access.as_ref();
-    let groups: &[u32] = if peer::needs_groups(access) {
-        peer.groups().await
-    } else {
-        &[]
-    };
-    peer::admits(access, ctx.daemon_uid, peer.uid, groups)
+/// The per-app path shape `/v1/apps/{app}/{action}`: its app name, checked before the rest.
+fn app_name<'a>(segments: &[&'a str]) -> Option<&'a str> {
+    match segments {
+        ["v1", "apps", name, _] => Some(name),
+        _ => None,
+    }
 }
 
-fn only(method: &Method, allowed: Method) -> Result<(), ApiError> {
-    if *method == allowed {
+/// The handler for a request on `endpoint` (the one its path names, if any), or why not.
+fn target<A>(
+    endpoint: Option<&Endpoint>,
+    method: &Method,
+    path: &str,
+    segments: &[&str],
+    query: Option<&str>,
+    look_up: impl FnOnce(&str) -> Option<A>,
+) -> Result<Target<A>, ApiError> {
+    let app = match app_name(segments) {
+        Some(name) => Some(look_up(name).ok_or_else(|| ApiError::unknown_app(name))?),
+        None => None,
+    };
+    let Some(endpoint) = endpoint else {
+        return Err(match segments {
+            [.., action] if app.is_some() => {
+                ApiError::not_found(&format!("/v1/apps/{{app}}/{}", shown(action)))
+            }
+            _ => ApiError::not_found(&shown(path)),
+        });
+    };
+    only(method, &endpoint.method)?;
+    let action = match endpoint.serves {
+        Serves::Health => return Ok(Target::Health),
+        Serves::Apps => return Ok(Target::Apps),
+        Serves::Metrics => return Ok(Target::Metrics),
+        Serves::Token => AppAction::Token {
+            min_ttl: parse_min_ttl(query)?,
+        },
+        Serves::Refresh => AppAction::Refresh,
+        Serves::Login => AppAction::Login,
+        Serves::Credentials => AppAction::Credentials,
+    };
+    // Every per-app template has the `/v1/apps/{app}/` shape `app_name` reads.
+    match app {
+        Some(app) => Ok(Target::App { app, action }),
+        None => Err(ApiError::not_found(&shown(path))),
+    }
+}
+
+fn only(method: &Method, allowed: &Method) -> Result<(), ApiError> {
+    if method == allowed {
         Ok(())
     } else {
         Err(ApiError::method_not_allowed(allowed.as_str()))
@@ -262,7 +274,7 @@ fn only(method: &Method, allowed: Method) -> Result<(), ApiError> {
 }
 
 /// Echoes a client-supplied path piece safely: bounded, debug-quoted.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     let cut: String = s.chars().take(80).collect();
     format!("{cut:?}")
 }
@@ -290,276 +302,80 @@ fn parse_min_ttl(query: Option<&str>) -> Result<Duration, ApiError> {
     Ok(min_ttl)
 }
 
-/// The apps this peer may read; the others are left out, not marked. `state`: whether the
-/// state dir is sealed (`{"sealed", "key_source"}`), for every peer.
-async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
-    let clock = ctx.broker.clock();
-    let now = clock.now();
-    let mut apps: Vec<Value> = Vec::new();
-    for app in ctx.broker.apps() {
-        if !may_read(ctx, peer, &app).await {
-            continue;
-        }
-        let snap = app.snapshot();
-        apps.push(json!({
-            "name": app.name(),
-            "grant": app.config.grant.kind().as_str(),
-            "state": snap.effective_state(now).as_str(),
-            "expires_at": snap.token.as_ref().map(|t| rfc3339(t.expires_at_wall)),
-            "next_refresh_at": snap.next_refresh_at.map(rfc3339),
-            "last_refresh_at": snap.last_refresh_at.map(rfc3339),
-            "last_error": snap.last_error.as_ref().map(|e| json!({
-                "code": e.code, "message": e.message, "at": rfc3339(e.at)
-            })),
-        }));
-    }
-    let state = ctx.broker.seal_status().to_json();
-    json_response(StatusCode::OK, &json!({ "apps": apps, "state": state }))
-}
-
-/// `GET /metrics`: the counters, then each app's gauges from its snapshot as of now.
-fn metrics_response(broker: &Broker) -> Response<Full<Bytes>> {
-    let now = broker.clock().now();
-    let samples = broker
-        .apps()
-        .iter()
-        .map(|app| {
-            let snap = app.snapshot();
-            crate::metrics::AppSample {
-                app: app.name().to_owned(),
-                state: snap.effective_state(now),
-                expires_in: snap.token.as_ref().map(|t| t.ttl(now).as_secs_f64()),
-                consecutive_failures: snap.consecutive_failures,
-            }
-        })
-        .collect();
-    let mut response = Response::new(Full::new(Bytes::from(broker.metrics().encode(samples))));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-    );
-    response
-}
-
-/// The token JSON of CONTRACT §5, serialized straight from borrowed fields (this is the hot
-/// path: no intermediate `Value` map). Never the refresh token.
-#[derive(serde::Serialize)]
-struct TokenBody<'a> {
-    access_token: &'a str,
-    token_type: &'a str,
-    expires_at: String,
-    expires_in: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scopes: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    issued_token_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id_token: Option<&'a str>,
-}
-
-/// The token JSON of CONTRACT §5. Never the refresh token. Everything but `expires_in` is
-/// serialized once per token (escaping a JWT-sized id token is most of a request's work);
-/// each answer splices the current `expires_in` in.
-fn token_response(broker: &Broker, token: &Token) -> Response<Full<Bytes>> {
-    let rendered = token.rendered.get_or_init(|| render(token));
-    let expires_in = token.ttl(broker.clock().now()).as_secs().to_string();
-    let mut bytes =
-        Vec::with_capacity(rendered.before.len() + expires_in.len() + rendered.after.len());
-    bytes.extend_from_slice(&rendered.before);
-    bytes.extend_from_slice(expires_in.as_bytes());
-    bytes.extend_from_slice(&rendered.after);
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// Serializes `token` with a marker for `expires_in` and splits the JSON there.
-fn render(token: &Token) -> crate::refresh::state::Rendered {
-    const MARK: u64 = u64::MAX;
-    let body = TokenBody {
-        access_token: token.access_token.expose(),
-        token_type: &token.token_type,
-        expires_at: rfc3339(token.expires_at_wall),
-        expires_in: MARK,
-        scopes: token.scopes.as_deref(),
-        issued_token_type: token.issued_token_type.as_deref(),
-        id_token: token.id_token.as_ref().map(|t| t.expose()),
-    };
-    let mut json = zeroize::Zeroizing::new(Vec::with_capacity(
-        256 + body.access_token.len() + body.id_token.map_or(0, str::len),
-    ));
-    // Serializing borrowed strings and numbers into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *json, &body);
-    // The key and the number are outside any string (strings are quoted), so the first match
-    // is the field itself.
-    let key = format!("\"expires_in\":{MARK}");
-    let at = json
-        .windows(key.len())
-        .position(|w| w == key.as_bytes())
-        .unwrap_or(json.len());
-    let split = (at + key.len() - MARK.to_string().len()).min(json.len());
-    let after_at = (at + key.len()).min(json.len());
-    crate::refresh::state::Rendered {
-        before: zeroize::Zeroizing::new(json[..split].to_vec()),
-        after: zeroize::Zeroizing::new(json[after_at..].to_vec()),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    code: Secret,
-    code_verifier: Secret,
-    redirect_uri: String,
-}
-
-async fn login<B>(
-    app: &AppHandle,
-    request: Request<B>,
-    body_timeout: Duration,
-) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    B: hyper::body::Body + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let Grant::AuthorizationCode { redirect_uri } = &app.config.grant else {
-        return Err(crate::refresh::ServeError::WrongGrant {
-            app: app.name().to_owned(),
-        }
-        .into());
-    };
-    let is_json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.starts_with("application/json"));
-    if !is_json {
-        return Err(ApiError::bad_request(
-            "the login body must be application/json",
-        ));
-    }
-    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
-    let bytes = tokio::time::timeout(body_timeout, collect)
-        .await
-        .map_err(|_| ApiError::body_timeout(body_timeout))?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(MAX_BODY)
-            } else {
-                ApiError::bad_request("the request body could not be read")
-            }
-        })?
-        .to_bytes();
-    let body: LoginBody = serde_json::from_slice(&bytes).map_err(|e| {
-        // serde's message names the field or position, never the value.
-        ApiError::bad_request(format!(
-            "the login body must be {{\"code\", \"code_verifier\", \"redirect_uri\"}}: {}",
-            e.classify_name()
-        ))
-    })?;
-    if body.code.is_empty() || body.code_verifier.is_empty() {
-        return Err(ApiError::bad_request(
-            "code and code_verifier must not be empty",
-        ));
-    }
-    if body.redirect_uri != *redirect_uri {
-        return Err(ApiError::bad_request(
-            "redirect_uri does not match the app's configured redirect_uri",
-        ));
-    }
-    let token = app
-        .login(body.code, body.code_verifier, body.redirect_uri)
-        .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"state": "ready", "expires_at": rfc3339(token.expires_at_wall)}),
-    ))
-}
-
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "not valid JSON",
-            serde_json::error::Category::Data => {
-                "a member is missing, unknown or of the wrong type"
-            }
-            serde_json::error::Category::Eof => "the JSON ends early",
-        }
-    }
-}
-
-/// A JSON answer.
-pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Resolves against one app, `a` (looked up as its name).
+    fn r(method: Method, path: &str) -> Route<String> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        resolve(&method, path, query, |n| (n == "a").then(|| n.to_owned()))
+    }
+
     #[test]
-    fn a_resolved_route_has_the_template_its_path_has() {
-        for (method, path, query) in [
-            (Method::GET, "/v1/health", None),
-            (Method::GET, "/v1/apps", None),
-            (Method::GET, "/metrics", None),
-            (Method::GET, "/v1/apps/a/token", Some("min_ttl=5")),
-            (Method::POST, "/v1/apps/a/refresh", None),
-            (Method::POST, "/v1/apps/a/login", None),
-            (Method::GET, "/v1/apps/a/credentials", None),
+    fn route_templates_never_carry_client_text() {
+        for (method, path, template) in [
+            (Method::GET, "/v1/health", "/v1/health"),
+            (Method::GET, "/v1/apps", "/v1/apps"),
+            (Method::GET, "/metrics", "/metrics"),
+            (
+                Method::GET,
+                "/v1/apps/a/token?min_ttl=5",
+                "/v1/apps/{app}/token",
+            ),
+            (Method::POST, "/v1/apps/a/refresh", "/v1/apps/{app}/refresh"),
+            (Method::POST, "/v1/apps/a/login", "/v1/apps/{app}/login"),
+            (
+                Method::GET,
+                "/v1/apps/a/credentials",
+                "/v1/apps/{app}/credentials",
+            ),
+            // Refused requests: the template their path has, or `other`.
+            (
+                Method::GET,
+                "/v1/apps/analytics/token",
+                "/v1/apps/{app}/token",
+            ),
+            (
+                Method::GET,
+                "/v1/apps/secret-looking-thing/credentials",
+                "/v1/apps/{app}/credentials",
+            ),
+            (
+                Method::GET,
+                "/v1/apps/a/token?minttl=5",
+                "/v1/apps/{app}/token",
+            ),
+            (Method::DELETE, "/v1/health", "/v1/health"),
+            (Method::GET, "/v1/apps/x/token/extra", OTHER),
+            (Method::GET, "/v1/apps/x/bogus", OTHER),
+            (Method::GET, "/v1/apps/a/bogus", OTHER),
+            (Method::GET, "/aoa-canary", OTHER),
         ] {
-            let route = resolve(&method, path, query, |n| n == "a").unwrap();
-            assert_eq!(
-                route.template(),
-                crate::metrics::route_template(path),
-                "{path}"
-            );
+            assert_eq!(r(method, path).template, template, "{path}");
         }
     }
 
     #[test]
-    fn the_rendered_token_json_splices_expires_in_and_keeps_every_field() {
-        let now = tokio::time::Instant::now();
-        let token = Token {
-            // The marker's digits inside a string must not confuse the split.
-            access_token: Secret::new("tok-\"expires_in\":18446744073709551615"),
-            token_type: "Bearer".into(),
-            expires_at: now + Duration::from_secs(3600),
-            expires_at_wall: std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            scopes: Some(vec!["openid".into()]),
-            issued_token_type: None,
-            id_token: Some(Secret::new("a.b.c")),
-            identity_context: None,
-            rendered: std::sync::OnceLock::new(),
-        };
-        for expires_in in [3599u64, 0, 12] {
-            let r = render(&token);
-            let mut bytes = r.before.to_vec();
-            bytes.extend_from_slice(expires_in.to_string().as_bytes());
-            bytes.extend_from_slice(&r.after);
-            let v: Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!(v["expires_in"], expires_in);
-            assert_eq!(v["access_token"], "tok-\"expires_in\":18446744073709551615");
-            assert_eq!(v["expires_at"], "2027-01-15T08:00:00Z");
-            assert_eq!(v["scopes"][0], "openid");
-            assert_eq!(v["id_token"], "a.b.c");
-            assert!(v.get("issued_token_type").is_none());
-        }
-        assert_eq!(format!("{:?}", render(&token)), "Rendered(<redacted>)");
+    fn only_requests_that_may_call_upstream_are_charged() {
+        let charged = |m: Method, p: &str| r(m, p).charged;
+        assert!(!charged(Method::GET, "/v1/health"));
+        assert!(!charged(Method::GET, "/v1/apps"));
+        assert!(!charged(Method::GET, "/v1/apps/a/token"));
+        assert!(!charged(Method::GET, "/metrics"));
+        assert!(charged(Method::GET, "/v1/apps/a/token?min_ttl=60"));
+        assert!(charged(Method::GET, "/v1/apps/a/token?min_ttl=0"));
+        assert!(charged(Method::GET, "/v1/apps/a/credentials"));
+        assert!(charged(Method::POST, "/v1/apps/a/refresh"));
+        assert!(charged(Method::POST, "/v1/apps/a/login"));
+        assert!(charged(Method::DELETE, "/v1/health"));
+        assert!(charged(Method::POST, "/v1/apps/nope/refresh"));
+        assert!(charged(Method::GET, "/v1/apps/nope/token?min_ttl=60"));
+        assert!(charged(Method::GET, "/v1/apps/nope/credentials"));
+        assert!(!charged(Method::GET, "/v1/apps/nope/token"));
     }
 
     #[test]
@@ -638,52 +454,71 @@ mod proptests {
             query in query(),
         ) {
             let path = format!("{}{}", if leading_slash { "/" } else { "" }, segments.join("/"));
-            let is_app = |name: &str| name == "analytics";
-            match resolve(&method, &path, query.as_deref(), is_app) {
-                Ok(Route::App { name, action }) => {
-                    prop_assert_eq!(name, "analytics");
+            let app = |name: &str| (name == "analytics").then(|| name.to_owned());
+            let route = resolve(&method, &path, query.as_deref(), app);
+            prop_assert!(
+                route.template == OTHER || ENDPOINTS.iter().any(|e| e.template == route.template),
+                "{}", route.template
+            );
+            match route.target {
+                Target::App { app, action } => {
+                    prop_assert_eq!(app, "analytics");
                     if let AppAction::Token { min_ttl } = action {
                         prop_assert!(min_ttl <= Duration::from_secs(86_400 * 365));
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Target::Refused(e) => {
                     prop_assert!(
                         matches!(e.status.as_u16(), 400 | 404 | 405),
                         "{} {}", e.status, e.code
                     );
                     prop_assert!(e.message.chars().count() <= 200, "{}", e.message);
                 }
+                _ => {}
             }
         }
     }
 
     #[test]
     fn known_routes() {
-        let app = |n: &str| n == "analytics";
-        let r = |m: Method, p: &'static str, q: Option<&str>| resolve(&m, p, q, app);
-        assert_eq!(r(Method::GET, "/v1/health", None), Ok(Route::Health));
-        assert_eq!(r(Method::GET, "/v1/apps", None), Ok(Route::Apps));
+        let app = |n: &str| (n == "analytics").then_some("analytics");
+        let r = |m: Method, p: &'static str, q: Option<&str>| resolve(&m, p, q, app).target;
+        let refused = |target: Target<&str>| match target {
+            Target::Refused(e) => e.code,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(r(Method::GET, "/v1/health", None), Target::Health);
+        assert_eq!(r(Method::GET, "/v1/apps", None), Target::Apps);
+        assert_eq!(r(Method::GET, "/metrics", None), Target::Metrics);
         assert_eq!(
             r(Method::GET, "/v1/apps/analytics/token", Some("min_ttl=60")),
-            Ok(Route::App {
-                name: "analytics",
+            Target::App {
+                app: "analytics",
                 action: AppAction::Token {
                     min_ttl: Duration::from_secs(60)
                 }
-            })
+            }
         );
         assert_eq!(
-            r(Method::GET, "/v1/apps/ana%6Cytics/token", None)
-                .unwrap_err()
-                .code,
+            refused(r(Method::GET, "/v1/apps/ana%6Cytics/token", None)),
             "unknown_app"
         );
         assert_eq!(
-            r(Method::GET, "/v1/apps/analytics/refresh", None)
-                .unwrap_err()
-                .code,
+            refused(r(Method::GET, "/v1/apps/analytics/refresh", None)),
             "method_not_allowed"
+        );
+        // An unknown app is named first, whatever else is wrong.
+        assert_eq!(
+            refused(r(Method::POST, "/v1/apps/nope/bogus", Some("x=1"))),
+            "unknown_app"
+        );
+        assert_eq!(
+            refused(r(Method::GET, "/v1/apps/analytics/bogus", None)),
+            "not_found"
+        );
+        assert_eq!(
+            refused(r(Method::GET, "/v1/apps/analytics/token", Some("minttl=5"))),
+            "bad_request"
         );
     }
 }

@@ -1,11 +1,15 @@
-//! The two upstream calls, behind small traits the refresh engine declares, and the one error
-//! enum whose variants say what the caller does next. SDK types stop at this boundary.
+//! The two upstream calls, behind small traits the refresh engine declares ([`TokenIssuer`],
+//! [`RoleAssumer`]), and the one error enum whose variants say what the caller does next. SDK
+//! types stop at this boundary: [`clients`] builds the SDK clients, [`oidc`] and [`sts`] make
+//! the calls and map their errors.
 
+pub mod clients;
 pub mod oidc;
 pub mod sts;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use crate::secret::Secret;
 
@@ -212,4 +216,26 @@ pub trait TokenIssuer: Send + Sync {
         &self,
         grant: GrantRequest,
     ) -> BoxFuture<'_, Result<IssuedToken, UpstreamError>>;
+}
+
+/// Role credentials as STS returned them.
+#[derive(Debug, Clone)]
+pub struct RoleCredentials {
+    /// `AccessKeyId` (not secret on its own, but never logged either).
+    pub access_key_id: String,
+    /// `SecretAccessKey`.
+    pub secret_access_key: Secret,
+    /// `SessionToken`.
+    pub session_token: Secret,
+    /// `Expiration`.
+    pub expiration: SystemTime,
+}
+
+/// Assumes one app's role.
+pub trait RoleAssumer: Send + Sync {
+    /// One `AssumeRole` call with `context_assertion` as the provided context; no retries.
+    fn assume_role(
+        &self,
+        context_assertion: Secret,
+    ) -> BoxFuture<'_, Result<RoleCredentials, UpstreamError>>;
 }

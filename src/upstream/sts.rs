@@ -3,65 +3,23 @@
 
 use std::time::SystemTime;
 
-use aws_config::Region;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 use aws_sdk_sts::types::ProvidedContext;
 
-use super::{BoxFuture, UpstreamError};
-use crate::config::{AppConfig, RoleConfig};
+use super::{BoxFuture, RoleAssumer, RoleCredentials, UpstreamError};
+use crate::config::RoleConfig;
 use crate::secret::Secret;
 
 /// The context provider for Identity Center assertions (reference §2).
 pub const IDENTITY_CENTER_PROVIDER: &str = "arn:aws:iam::aws:contextProvider/IdentityCenter";
 
-/// Role credentials as STS returned them.
-#[derive(Debug, Clone)]
-pub struct RoleCredentials {
-    /// `AccessKeyId` (not secret on its own, but never logged either).
-    pub access_key_id: String,
-    /// `SecretAccessKey`.
-    pub secret_access_key: Secret,
-    /// `SessionToken`.
-    pub session_token: Secret,
-    /// `Expiration`.
-    pub expiration: SystemTime,
-}
-
-/// Assumes one app's role.
-pub trait RoleAssumer: Send + Sync {
-    /// One `AssumeRole` call with `context_assertion` as the provided context; no retries.
-    fn assume_role(
-        &self,
-        context_assertion: Secret,
-    ) -> BoxFuture<'_, Result<RoleCredentials, UpstreamError>>;
-}
-
-/// The SDK-backed assumer.
+/// The SDK-backed assumer of one app's role (built by [`super::clients::Upstreams`]).
 pub(crate) struct StsAssumer {
+    /// The SDK client, shared with every app of the same profile, region and endpoint.
     pub(crate) client: aws_sdk_sts::Client,
+    /// The role, session name and duration this app asks for.
     pub(crate) role: RoleConfig,
-}
-
-impl StsAssumer {
-    /// An STS client for `app`'s `[role]`, in the app's region (shareable by every app with
-    /// the same profile, region and endpoint).
-    pub(crate) fn client(
-        sdk: &aws_config::SdkConfig,
-        app: &AppConfig,
-        role: &RoleConfig,
-    ) -> aws_sdk_sts::Client {
-        let mut builder =
-            aws_sdk_sts::config::Builder::from(sdk).region(Region::new(app.region.clone()));
-        if let Some(url) = &role.endpoint_url {
-            builder = builder.endpoint_url(url);
-        }
-        builder = builder.timeout_config(super::oidc::timeouts(&app.aws));
-        if let Some(client) = super::oidc::http_client(&app.aws) {
-            builder = builder.http_client(client);
-        }
-        aws_sdk_sts::Client::from_conf(builder.build())
-    }
 }
 
 impl RoleAssumer for StsAssumer {

@@ -271,7 +271,7 @@ async fn server(limits: Limits) -> Server {
     )
     .unwrap();
     let config = iamtokend::config::load(&dir.path().join("iamtokend.toml")).unwrap();
-    let upstreams = iamtokend::upstream::oidc::Upstreams::with_credentials(
+    let upstreams = iamtokend::upstream::clients::Upstreams::with_credentials(
         aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
     );
     let broker = Arc::new(

@@ -54,6 +54,11 @@ async fn a_chain_is_fetched_in_order_and_re_exchanged_when_its_subject_changes()
     assert_ne!(new_middle, middle_token);
     let top_calls = env.calls_for("top");
     assert_eq!(top_calls[1].params["subjectToken"], new_middle);
+    // The simulator records top's call before the daemon has applied its answer: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while daemon.token("top").await == top_token && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_ne!(daemon.token("top").await, top_token);
     // ...and nothing more.
     tokio::time::sleep(Duration::from_millis(500)).await;

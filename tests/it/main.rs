@@ -36,6 +36,8 @@ mod redaction;
 mod refresh;
 // SIGHUP adds, removes and changes apps; a broken config is rejected whole.
 mod reload;
+// The daemon's AWS keys from a systemd credentials directory; check-config's secret-file warnings.
+mod secret_files;
 // Concurrent clients while 5-second tokens rotate (reduced here; full: bench/soak.sh).
 mod soak;
 // Routes, the error envelope and its codes, login body errors.

@@ -211,6 +211,16 @@ impl TestEnv {
     /// Starts the daemon as the command of `wrapper` (e.g. `systemd-socket-activate -l PATH`)
     /// without waiting; the wrapper must exec it in place (signals go to the wrapper's pid).
     pub fn spawn_daemon_under(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_daemon_full(wrapper, &[], env)
+    }
+
+    /// Starts the daemon without waiting, with the variables `remove` taken out of
+    /// [`daemon_env`]'s clean environment (e.g. the simulator's keys) and `env` added.
+    pub fn spawn_daemon_without(&self, remove: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_daemon_full(&[], remove, env)
+    }
+
+    fn spawn_daemon_full(&self, wrapper: &[&str], remove: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", rand_suffix()));
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -222,6 +232,9 @@ impl TestEnv {
         };
         cmd.arg("serve").arg("--config").arg(self.main_file());
         daemon_env(&mut cmd, &self.options, self.dir.path());
+        for k in remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

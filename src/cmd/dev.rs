@@ -10,12 +10,12 @@ use base64::Engine;
 use http::Method;
 use tracing::{info, warn};
 
+use super::Failure;
 use crate::client::SocketClient;
-use crate::cmd::Failure;
 use crate::config::LogFormat;
 use crate::secret::Secret;
 use crate::sim::{Sim, SimOptions};
-use crate::upstream::oidc::Upstreams;
+use crate::upstream::clients::Upstreams;
 
 /// Lifetime of the simulator's tokens in dev mode.
 pub const DEV_TOKEN_LIFETIME_SECS: u64 = 60;
@@ -152,13 +152,12 @@ pub async fn run() -> Result<(), Failure> {
         );
         (Secret::new(code), verifier)
     };
-    let result =
-        crate::cmd::serve::serve(config, Upstreams::with_credentials(credentials), |socket| {
-            print_banner(socket, &main, &sim.endpoint_url());
-            let socket = socket.to_owned();
-            tokio::spawn(async move { log_in_portal(&socket, portal_code).await });
-        })
-        .await;
+    let result = super::serve::serve(config, Upstreams::with_credentials(credentials), |socket| {
+        print_banner(socket, &main, &sim.endpoint_url());
+        let socket = socket.to_owned();
+        tokio::spawn(async move { log_in_portal(&socket, portal_code).await });
+    })
+    .await;
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -1,0 +1,295 @@
+//! One accepted connection, from its slot to its close: [`Connection::run`] takes one of the
+//! [`Slots`] (or answers 503 and closes), serves HTTP/1.1 on the stream with hyper, resolves
+//! each request against the route table once, charges the ones that may call upstream to the
+//! connection's rate, and hands the rest to the handlers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
+
+use super::error::ApiError;
+use super::handlers::{self, Ctx};
+use super::peer::Peer;
+use super::response::error_response;
+
+/// One accepted connection and what serving it needs. Built by the accept loop, run on its
+/// own task, so a slow connection never holds up another.
+pub(crate) struct Connection {
+    /// The accepted socket; hyper owns it once a slot is held.
+    pub(crate) stream: UnixStream,
+    /// Who is on the other end (`SO_PEERCRED`): the key of the per-uid slot share, and what
+    /// each app's `[access]` is checked against.
+    pub(crate) peer: Arc<Peer>,
+    /// What the handlers read: the broker, the daemon's uid, the body timeout. Shared by
+    /// every connection.
+    pub(crate) ctx: Arc<Ctx>,
+    /// The connection slots of the whole server; this connection holds one while it is open.
+    pub(crate) slots: Arc<Slots>,
+    /// How long to wait for a slot before answering 503 `too_many_connections`.
+    pub(crate) slot_wait: Duration,
+    /// hyper's settings (head timeout and limits), shared by every connection.
+    pub(crate) http: http1::Builder,
+    /// Lets shutdown stop this connection between requests and wait for the one in flight.
+    pub(crate) watcher: Watcher,
+    /// This connection's request rate: a burst, then a steady rate (see [`Bucket`]).
+    pub(crate) rate: Bucket,
+}
+
+/// What every request of one connection shares: one per connection, behind an `Arc` that
+/// hyper's service clones per request.
+struct Requests {
+    /// Handed to each handler.
+    ctx: Arc<Ctx>,
+    /// Checked against each app's `[access]`, and named in the logs.
+    peer: Arc<Peer>,
+    /// std `Mutex`: held to take one token, never across an await.
+    rate: Mutex<Bucket>,
+}
+
+impl Connection {
+    /// Serves the connection until the peer closes it, a limit closes it, or shutdown does.
+    pub(crate) async fn run(self) {
+        let Some(slot) = self.slots.take(self.peer.uid, self.slot_wait).await else {
+            debug!(
+                uid = self.peer.uid,
+                pid = self.peer.pid,
+                "too many connections; refusing"
+            );
+            // Never waits: a fresh socket's send buffer takes these few bytes, and a peer
+            // that does not read must not hold a task.
+            let _ = self.stream.try_write(BUSY_ANSWER.as_bytes());
+            return;
+        };
+        let requests = Arc::new(Requests {
+            ctx: self.ctx,
+            peer: self.peer,
+            rate: Mutex::new(self.rate),
+        });
+        let service = service_fn(move |request| {
+            let requests = requests.clone();
+            async move { Ok::<_, std::convert::Infallible>(requests.answer(request).await) }
+        });
+        let connection = self.watcher.watch(
+            self.http
+                .serve_connection(TokioIo::new(self.stream), service),
+        );
+        if let Err(e) = connection.await {
+            debug!(error = %e, "connection ended with an error");
+        }
+        drop(slot);
+    }
+}
+
+impl Requests {
+    /// One request: resolved (its app looked up once), charged if it may call upstream, then
+    /// answered, or refused with 429 `rate_limited` and `connection: close` when this
+    /// connection is over its rate.
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let route = handlers::route_of(&request, &self.ctx.broker);
+        let allowed = !route.charged
+            || self
+                .rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(tokio::time::Instant::now());
+        if !allowed {
+            debug!(
+                uid = self.peer.uid,
+                pid = self.peer.pid,
+                "request rate over the limit; closing"
+            );
+            let mut answer = error_response(ApiError::rate_limited());
+            answer.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return answer;
+        }
+        handlers::handle(route, request, &self.ctx, &self.peer).await
+    }
+}
+
+/// What a connection over the limits gets before it is closed, written without reading
+/// its request (HTTP allows an early answer; the client sees it and the close).
+const BUSY_ANSWER: &str = "HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+connection: close\r\n\
+content-length: 98\r\n\
+\r\n\
+{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; try again shortly\"}}";
+
+/// A token bucket: `burst` requests at once, refilled at `rate` per second.
+///
+/// Worked example with the defaults (burst 200, 50/s): a client pipelining 1000 requests gets
+/// about 200 answers plus what refills while they are served, then one 429 and a close; a
+/// client polling every 100 ms never comes near the limit.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: tokio::time::Instant,
+}
+
+impl Bucket {
+    pub(crate) fn new(burst: f64, rate: f64, now: tokio::time::Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            burst,
+            rate,
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, now: tokio::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Connection slots: a total and a per-uid share, each a semaphore.
+pub(crate) struct Slots {
+    total: Arc<Semaphore>,
+    per_uid_max: usize,
+    /// One semaphore per uid seen (bounded by the uids on the host). std `Mutex`: held for
+    /// a map lookup, never across an await.
+    per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
+}
+
+/// One open connection's slot; both permits are released on drop.
+struct Slot {
+    _uid: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    pub(crate) fn new(total: usize, per_uid_max: usize) -> Slots {
+        Slots {
+            total: Arc::new(Semaphore::new(total)),
+            per_uid_max,
+            per_uid: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for a connection of `uid`, waiting up to `wait` for one to free up; `None`
+    /// when the uid's share or the total stays used up. The uid's share is taken first, so
+    /// a uid over its share never holds total slots while it waits.
+    ///
+    /// The short wait is for churn, not for hostile clients: a connection's slot is freed
+    /// only once its task has seen the peer's close, and under load that lags the peer's
+    /// next connect.
+    async fn take(&self, uid: u32, wait: Duration) -> Option<Slot> {
+        let share = {
+            let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(uid)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_uid_max)))
+                .clone()
+        };
+        tokio::time::timeout(wait, async {
+            let uid_permit = share.acquire_owned().await.ok()?;
+            let total_permit = self.total.clone().acquire_owned().await.ok()?;
+            Some(Slot {
+                _uid: uid_permit,
+                _total: total_permit,
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_answer_is_well_formed() {
+        let (head, body) = BUSY_ANSWER.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "too_many_connections");
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let t0 = tokio::time::Instant::now();
+        let mut bucket = Bucket::new(3.0, 2.0, t0);
+        assert!(bucket.take(t0) && bucket.take(t0) && bucket.take(t0));
+        assert!(!bucket.take(t0), "burst spent");
+        assert!(
+            !bucket.take(t0 + Duration::from_millis(400)),
+            "0.8 of a token"
+        );
+        assert!(
+            bucket.take(t0 + Duration::from_millis(500)),
+            "refilled to 1"
+        );
+        // A long pause refills to the burst, not beyond.
+        let later = t0 + Duration::from_secs(3600);
+        assert!((0..3).all(|_| bucket.take(later)));
+        assert!(!bucket.take(later));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_bounded_per_uid_and_in_total() {
+        let wait = Duration::from_secs(1);
+        let slots = Slots::new(3, 2);
+        let a1 = slots.take(1, wait).await.unwrap();
+        let _a2 = slots.take(1, wait).await.unwrap();
+        assert!(
+            slots.take(1, wait).await.is_none(),
+            "uid 1's share is used up"
+        );
+        let _b1 = slots.take(2, wait).await.unwrap();
+        assert!(slots.take(3, wait).await.is_none(), "the total is used up");
+        drop(a1);
+        assert!(
+            slots.take(1, wait).await.is_some(),
+            "a closed connection frees its slot"
+        );
+        // A uid over its share does not hold total slots while it waits.
+        let slots = Slots::new(10, 1);
+        let _x = slots.take(7, wait).await.unwrap();
+        for _ in 0..20 {
+            assert!(slots.take(7, wait).await.is_none());
+        }
+        assert_eq!(slots.total.available_permits(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_during_the_wait_is_taken() {
+        let slots = Arc::new(Slots::new(1, 1));
+        let held = slots.take(1, Duration::ZERO).await.unwrap();
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(1, Duration::from_secs(1)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(held);
+        assert!(waiter.await.unwrap());
+    }
+}
