@@ -31,7 +31,7 @@ pub fn run(file: &Path) -> Result<(), Failure> {
                 eprintln!("iamtokend: warning: {warning}");
             }
             eprintln!(
-                "{}: ok ({} app{}; state {})",
+                "{}: ok ({} app{}); state {}",
                 file.display(),
                 config.apps.len(),
                 if config.apps.len() == 1 { "" } else { "s" },

@@ -451,7 +451,7 @@ async fn required_without_a_key_and_a_short_key_refuse_to_start() {
     let ok = credentials(&env, "ok", &random_key(32));
     let out = check_config(&env, Some(&ok));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("state sealed"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ok (1 app); state sealed"));
 }
 
 /// `seal = "off"` never seals, even with a key, and moves a sealed file aside (it cannot
