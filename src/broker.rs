@@ -62,6 +62,7 @@ impl Broker {
         clock: Clock,
         store: Option<Arc<Store>>,
     ) -> Broker {
+        let seal = store.as_ref().map(|s| s.seal_status());
         let shared = Shared::new(
             clock.clone(),
             LivePolicy::new(policy_of(&config)),
@@ -69,6 +70,9 @@ impl Broker {
             store,
             Arc::new(Metrics::new()),
         );
+        shared
+            .metrics
+            .set_state_sealed(seal.is_some_and(|s| s.sealed));
         let order = config.start_order();
         let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
@@ -231,6 +235,14 @@ impl Broker {
                 .wait_for(|s| !matches!(s.state, AppState::Pending | AppState::Refreshing))
                 .await;
         }
+    }
+
+    /// Whether state files are written sealed (not sealed when there is no state dir).
+    pub fn seal_status(&self) -> crate::seal::SealStatus {
+        self.shared
+            .store
+            .as_ref()
+            .map_or(crate::seal::SealStatus::default(), |s| s.seal_status())
     }
 
     /// The clock every app runs on.

@@ -18,6 +18,8 @@
 //!   [`secret`]: the one secret type; [`logging`], [`signals`].
 //! - [`systemd`]: sd_notify notifications, the watchdog and `STATUS=` line, socket activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
+//! - [`store`]: the state dir; [`seal`]: its files sealed at rest (the systemd credential
+//!   `state-key`, HKDF, AES-256-GCM, the sealed format).
 //! - [`harden`]: non-dumpable, no core files, for the commands that hold secrets.
 //! - [`sim`]: a simulated Identity Center + STS on loopback (tests and `serve --dev`).
 #![warn(missing_docs, unreachable_pub)]
@@ -35,6 +37,7 @@ pub mod login;
 pub mod metrics;
 pub mod pkce;
 pub mod refresh;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod signals;

@@ -17,7 +17,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -95,6 +95,7 @@ pub struct Metrics {
     refreshes: Family<RefreshLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     served_stale: Family<StaleLabels, Counter>,
+    state_sealed: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +152,12 @@ impl Metrics {
             "Tokens or credentials served while the app's last refresh had failed (the last good one, still valid)",
             served_stale.clone(),
         );
+        let state_sealed = Gauge::default();
+        registry.register(
+            "state_sealed",
+            "1 when state files are written sealed (AES-256-GCM with the state-key credential), 0 when not",
+            state_sealed.clone(),
+        );
         Metrics {
             registry,
             upstream_calls,
@@ -159,7 +166,13 @@ impl Metrics {
             refreshes,
             requests,
             served_stale,
+            state_sealed,
         }
+    }
+
+    /// Whether state files are written sealed; set once at start.
+    pub fn set_state_sealed(&self, sealed: bool) {
+        self.state_sealed.set(i64::from(sealed));
     }
 
     /// One `CreateTokenWithIAM` call finished.
@@ -328,6 +341,7 @@ mod tests {
         );
         metrics.request("/v1/apps/{app}/token", 200);
         metrics.refresh_done("a", "ok");
+        metrics.set_state_sealed(true);
         let text = metrics.encode(vec![AppSample {
             app: "a".into(),
             state: AppState::Failing,
@@ -348,6 +362,8 @@ mod tests {
             "iamtokend_app_state{app=\"a\",state=\"ready\"} 0",
             "iamtokend_token_expires_in_seconds{app=\"a\"} 12.5",
             "iamtokend_refresh_consecutive_failures{app=\"a\"} 3",
+            "# TYPE iamtokend_state_sealed gauge",
+            "iamtokend_state_sealed 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -12,6 +12,14 @@
 //! random name and are created exclusively without following links; state files are read
 //! without following links, only when they are regular files of ours, and at most
 //! [`MAX_STATE_BYTES`] (a bigger one is damaged). The read buffer is zeroed after use.
+//!
+//! Sealing ([`crate::seal`], `[state] seal`): with a key, files are written in the sealed
+//! format (`{"v":1,"alg":"A256GCM","client_id","nonce","ct"}`, bound to the app, its
+//! client id and the purpose). An unsealed file (`{"client_id","refresh_token"}`) is still
+//! read, and rewritten sealed at once. A sealed file that does not open (another key,
+//! another app, changed or cut bytes, an unknown version), or any sealed file while sealing
+//! is off or has no key, is moved aside like a damaged one, with the reason logged: the app
+//! falls back to its configured source, and the file is kept for whoever restores the key.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,16 +30,23 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::seal::{self, Binding, Purpose, SealStatus, SealedFields, Sealing};
 use crate::secret::Secret;
 
 /// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
 pub const MAX_STATE_BYTES: usize = 64 * 1024;
 
-/// One app's saved state.
+/// One app's state file, either format: unsealed (`client_id`, `refresh_token`) or sealed
+/// (`client_id`, `v`, `alg`, `nonce`, `ct`). One struct of optional fields rather than an
+/// untagged enum: serde would buffer an untagged value (the secret) in a copy it never zeroes.
 #[derive(Deserialize)]
 struct Saved {
     client_id: String,
-    refresh_token: Secret,
+    refresh_token: Option<Secret>,
+    v: Option<u64>,
+    alg: Option<String>,
+    nonce: Option<String>,
+    ct: Option<String>,
 }
 
 /// Why [`Store::open`] failed.
@@ -50,6 +65,8 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Decided once at start; [`Sealing::Off`] unless [`Store::with_sealing`] said otherwise.
+    sealing: Sealing,
 }
 
 impl Store {
@@ -104,9 +121,21 @@ impl Store {
         }
         let store = Store {
             dir: dir.to_owned(),
+            sealing: Sealing::Off,
         };
         store.remove_stale_temp_files();
         Ok(store)
+    }
+
+    /// Seals files from now on as `sealing` says (`serve` reads the key once, at start).
+    pub fn with_sealing(mut self, sealing: Sealing) -> Store {
+        self.sealing = sealing;
+        self
+    }
+
+    /// Whether files are written sealed, and with which key source.
+    pub fn seal_status(&self) -> SealStatus {
+        self.sealing.status()
     }
 
     fn file(&self, app: &str) -> PathBuf {
@@ -201,19 +230,102 @@ impl Store {
             self.quarantine(app, &path, wall_secs, &too_big);
             return None;
         }
-        match serde_json::from_slice::<Saved>(&buf[..len]) {
-            Ok(saved) if saved.refresh_token.is_empty() => {
-                self.quarantine(app, &path, wall_secs, "empty refresh token");
-                None
-            }
-            Ok(saved) if saved.client_id != client_id => {
-                warn!(app, "saved state belongs to another client_id; ignoring it");
-                None
-            }
-            Ok(saved) => Some(saved.refresh_token),
+        let saved = match serde_json::from_slice::<Saved>(&buf[..len]) {
+            Ok(saved) => saved,
             Err(e) => {
                 self.quarantine(app, &path, wall_secs, &e.classify_str());
-                None
+                return None;
+            }
+        };
+        if saved.client_id != client_id {
+            warn!(app, "saved state belongs to another client_id; ignoring it");
+            return None;
+        }
+        let binding = Binding {
+            app,
+            client_id,
+            purpose: Purpose::RefreshToken,
+        };
+        let token = match (saved.refresh_token, saved.v) {
+            (Some(_), Some(_)) => {
+                self.quarantine(app, &path, wall_secs, "both sealed and unsealed fields");
+                return None;
+            }
+            (Some(token), None) => {
+                if token.is_empty() {
+                    self.quarantine(app, &path, wall_secs, "empty refresh token");
+                    return None;
+                }
+                if self.sealing.key().is_some() {
+                    self.migrate(app, client_id, &token);
+                }
+                token
+            }
+            (None, Some(v)) => {
+                let (Some(alg), Some(nonce), Some(ct)) = (saved.alg, saved.nonce, saved.ct) else {
+                    self.quarantine(app, &path, wall_secs, "a sealed file with fields missing");
+                    return None;
+                };
+                let fields = SealedFields { v, alg, nonce, ct };
+                let key = match &self.sealing {
+                    Sealing::Sealed { key, .. } => key,
+                    Sealing::Off => {
+                        let why = "sealed, but [state] seal = \"off\" (restore seal = \"auto\" and the key to use it)";
+                        self.quarantine(app, &path, wall_secs, why);
+                        return None;
+                    }
+                    Sealing::NoKey(no_key) => {
+                        let why = format!("sealed, but there is no state key: {no_key}");
+                        self.quarantine(app, &path, wall_secs, &why);
+                        return None;
+                    }
+                };
+                let opened = match (key.open(&binding, &fields), self.sealing.previous_key()) {
+                    (Err(seal::OpenError::NotOpened), Some(previous)) => {
+                        let opened = previous.open(&binding, &fields);
+                        if let Ok(token) = &opened {
+                            if !token.is_empty() {
+                                info!(app, "state file sealed with state-key-previous; resealing it with state-key");
+                                self.migrate(app, client_id, token);
+                            }
+                        }
+                        opened
+                    }
+                    (opened, _) => opened,
+                };
+                match opened {
+                    Ok(token) if token.is_empty() => {
+                        self.quarantine(app, &path, wall_secs, "empty refresh token");
+                        return None;
+                    }
+                    Ok(token) => token,
+                    Err(e) => {
+                        self.quarantine(app, &path, wall_secs, &e.to_string());
+                        return None;
+                    }
+                }
+            }
+            (None, None) => {
+                self.quarantine(
+                    app,
+                    &path,
+                    wall_secs,
+                    "neither a refresh token nor a sealed one",
+                );
+                return None;
+            }
+        };
+        Some(token)
+    }
+
+    /// An unsealed file (or one sealed with the previous key) read while sealing: rewritten
+    /// sealed with the current key now, so no plain or old-key copy waits for the next
+    /// rotation (which may be hours away, or never for a non-rotating token).
+    fn migrate(&self, app: &str, client_id: &str, token: &Secret) {
+        match self.save(app, client_id, token) {
+            Ok(()) => info!(app, "state file rewritten sealed with state-key"),
+            Err(e) => {
+                warn!(app, error = %e, "cannot rewrite the unsealed state file sealed; it stays until the next save")
             }
         }
     }
@@ -228,19 +340,27 @@ impl Store {
         }
     }
 
-    /// Saves `refresh_token` atomically and durably.
+    /// Saves `refresh_token` atomically and durably, sealed when there is a key.
     pub fn save(&self, app: &str, client_id: &str, refresh_token: &Secret) -> io::Result<()> {
         let path = self.file(app);
         let tmp = self
             .dir
             .join(format!(".{app}.json.tmp-{:016x}", rand::random::<u64>()));
-        let body = Zeroizing::new(
-            serde_json::json!({
+        let body = Zeroizing::new(match self.sealing.key() {
+            Some(key) => {
+                let binding = Binding {
+                    app,
+                    client_id,
+                    purpose: Purpose::RefreshToken,
+                };
+                key.seal(&binding, refresh_token)?
+            }
+            None => serde_json::json!({
                 "client_id": client_id,
                 "refresh_token": refresh_token.expose(),
             })
             .to_string(),
-        );
+        });
         let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -503,5 +623,141 @@ mod tests {
         );
         fs::write(state.join("a.json"), &fits).unwrap();
         assert_eq!(store.load("a", "cid", 6).unwrap().expose().len(), 60 * 1024);
+    }
+
+    fn sealed_store(state: &Path, byte: u8) -> Store {
+        let key = crate::seal::StateKey::derive(&[byte; 32], Path::new("/k")).unwrap();
+        Store::open(state).unwrap().with_sealing(Sealing::Sealed {
+            key,
+            previous: None,
+        })
+    }
+
+    fn names(state: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn sealed_saves_hold_no_token_and_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = sealed_store(&state, 1);
+        assert!(store.seal_status().sealed);
+        store
+            .save("a", "cid", &Secret::new("rt-sealed-0123456789"))
+            .unwrap();
+        let text = fs::read_to_string(state.join("a.json")).unwrap();
+        assert!(!text.contains("rt-sealed"), "{text}");
+        assert!(
+            text.starts_with(r#"{"#) && text.contains(r#""v":1"#),
+            "{text}"
+        );
+        assert_eq!(
+            fs::metadata(state.join("a.json")).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            store.load("a", "cid", 1).unwrap().expose(),
+            "rt-sealed-0123456789"
+        );
+        // Another client id: ignored and left in place, as an unsealed one is.
+        assert!(store.load("a", "cid2", 1).is_none());
+        assert!(state.join("a.json").exists());
+    }
+
+    #[test]
+    fn an_unsealed_file_is_read_and_rewritten_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Store::open(&state)
+            .unwrap()
+            .save("a", "cid", &Secret::new("rt-plain-0123456789"))
+            .unwrap();
+        assert!(fs::read_to_string(state.join("a.json"))
+            .unwrap()
+            .contains("rt-plain-0123456789"));
+        let store = sealed_store(&state, 1);
+        assert_eq!(
+            store.load("a", "cid", 1).unwrap().expose(),
+            "rt-plain-0123456789"
+        );
+        let text = fs::read_to_string(state.join("a.json")).unwrap();
+        assert!(!text.contains("rt-plain"), "not rewritten: {text}");
+        assert_eq!(names(&state), ["a.json"]);
+        assert_eq!(
+            store.load("a", "cid", 2).unwrap().expose(),
+            "rt-plain-0123456789"
+        );
+    }
+
+    #[test]
+    fn a_sealed_file_that_does_not_open_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        sealed_store(&state, 1)
+            .save("a", "cid", &Secret::new("rt-1"))
+            .unwrap();
+        let sealed = fs::read(state.join("a.json")).unwrap();
+        // Another key.
+        assert!(sealed_store(&state, 2).load("a", "cid", 10).is_none());
+        assert_eq!(names(&state), ["a.json.corrupt-10"]);
+        // Copied to another app's name.
+        fs::write(state.join("b.json"), &sealed).unwrap();
+        assert!(sealed_store(&state, 1).load("b", "cid", 11).is_none());
+        assert!(state.join("b.json.corrupt-11").exists());
+        // Cut short: no longer JSON.
+        fs::write(state.join("a.json"), &sealed[..sealed.len() - 10]).unwrap();
+        assert!(sealed_store(&state, 1).load("a", "cid", 12).is_none());
+        assert!(state.join("a.json.corrupt-12").exists());
+        // Sealing off, or no key: a sealed file is not read, and moved aside.
+        fs::write(state.join("a.json"), &sealed).unwrap();
+        assert!(Store::open(&state).unwrap().load("a", "cid", 13).is_none());
+        assert!(state.join("a.json.corrupt-13").exists());
+        fs::write(state.join("a.json"), &sealed).unwrap();
+        let no_key = Store::open(&state)
+            .unwrap()
+            .with_sealing(Sealing::NoKey("test".into()));
+        assert!(!no_key.seal_status().sealed);
+        assert!(no_key.load("a", "cid", 14).is_none());
+        assert!(state.join("a.json.corrupt-14").exists());
+        // The right key still opens the original.
+        fs::write(state.join("a.json"), &sealed).unwrap();
+        assert_eq!(
+            sealed_store(&state, 1)
+                .load("a", "cid", 15)
+                .unwrap()
+                .expose(),
+            "rt-1"
+        );
+    }
+
+    #[test]
+    fn a_file_sealed_with_the_previous_key_opens_and_is_resealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        sealed_store(&state, 1)
+            .save("a", "cid", &Secret::new("rt-old-key"))
+            .unwrap();
+        let derive = |b: u8| crate::seal::StateKey::derive(&[b; 32], Path::new("/k")).unwrap();
+        let rotating = Store::open(&state).unwrap().with_sealing(Sealing::Sealed {
+            key: derive(2),
+            previous: Some(derive(1)),
+        });
+        assert_eq!(rotating.load("a", "cid", 1).unwrap().expose(), "rt-old-key");
+        // Resealed with the new key: the new key alone opens it now, the old one not.
+        assert_eq!(
+            sealed_store(&state, 2)
+                .load("a", "cid", 2)
+                .unwrap()
+                .expose(),
+            "rt-old-key"
+        );
+        assert!(sealed_store(&state, 1).load("a", "cid", 3).is_none());
+        assert_eq!(names(&state), ["a.json.corrupt-3"]);
     }
 }

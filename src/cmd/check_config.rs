@@ -2,6 +2,7 @@
 //! A valid config may still get warning lines: a secret file the daemon reads (an app's
 //! `assertion_file` or `refresh_token_file`, the `AWS_SHARED_CREDENTIALS_FILE` of this
 //! environment) that its group or others can read. Warnings never change the exit code.
+//! Also the state key `serve` would read (`[state] seal`): missing when required, or too short.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -14,6 +15,14 @@ use crate::config::{AssertionSource, Config, Grant};
 pub fn run(file: &Path) -> Result<(), Failure> {
     match crate::config::load(file) {
         Ok(config) => {
+            // The key `serve` would read: `seal = "required"` without one, or a key too
+            // short, fails here too (run it under the unit's credentials to see the real one).
+            let env = crate::config::paths::Env::from_process();
+            let sealing = crate::seal::Sealing::from_credentials(
+                config.state.seal,
+                env.credentials_dir().as_deref(),
+            )
+            .map_err(|e| Failure::failed(format!("{}: {e}", file.display())))?;
             let aws_credentials = aws_shared_credentials_file(
                 std::env::var_os("AWS_SHARED_CREDENTIALS_FILE"),
                 std::env::var_os("HOME"),
@@ -22,10 +31,15 @@ pub fn run(file: &Path) -> Result<(), Failure> {
                 eprintln!("iamtokend: warning: {warning}");
             }
             eprintln!(
-                "{}: ok ({} app{})",
+                "{}: ok ({} app{}); state {}",
                 file.display(),
                 config.apps.len(),
-                if config.apps.len() == 1 { "" } else { "s" }
+                if config.apps.len() == 1 { "" } else { "s" },
+                if sealing.status().sealed {
+                    "sealed"
+                } else {
+                    "not sealed"
+                }
             );
             Ok(())
         }

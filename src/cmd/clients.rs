@@ -130,7 +130,11 @@ async fn status(client: &SocketClient, format: StatusFormat) -> Result<(), Failu
         .unwrap_or_default();
     match format {
         StatusFormat::Json => print_stdout(&format!("{}\n", answer.body))?,
-        StatusFormat::Table => print_stdout(&status_table(&apps, read_wall_now()))?,
+        StatusFormat::Table => {
+            let mut table = status_table(&apps, read_wall_now());
+            table.push_str(&seal_line(answer.body.get("state")));
+            print_stdout(&table)?
+        }
     }
     let not_ready: Vec<&str> = apps
         .iter()
@@ -221,6 +225,22 @@ pub fn status_table(apps: &[Value], now: SystemTime) -> String {
     out
 }
 
+/// The line under the table about the state dir, from `/v1/apps`' `state`: "state: sealed
+/// (credentials:state-key)" or "state: not sealed"; nothing from a daemon that does not say.
+fn seal_line(state: Option<&Value>) -> String {
+    let Some(sealed) = state.and_then(|s| s.get("sealed")).and_then(Value::as_bool) else {
+        return String::new();
+    };
+    if !sealed {
+        return "\nstate: not sealed\n".to_owned();
+    }
+    let source = state
+        .and_then(|s| s.get("key_source"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    format!("\nstate: sealed ({source})\n")
+}
+
 fn relative(t: SystemTime, now: SystemTime) -> String {
     let whole = |d: Duration| {
         humantime::format_duration(Duration::from_secs(d.as_secs()))
@@ -259,6 +279,18 @@ mod tests {
             "{table}"
         );
         assert!(lines[2].contains("needs_login: log in"), "{table}");
+    }
+
+    #[test]
+    fn the_seal_line_says_whether_state_is_sealed() {
+        let sealed = serde_json::json!({"sealed": true, "key_source": "credentials:state-key"});
+        assert_eq!(
+            seal_line(Some(&sealed)),
+            "\nstate: sealed (credentials:state-key)\n"
+        );
+        let plain = serde_json::json!({"sealed": false, "key_source": null});
+        assert_eq!(seal_line(Some(&plain)), "\nstate: not sealed\n");
+        assert_eq!(seal_line(None), "");
     }
 
     #[test]

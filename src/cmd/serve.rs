@@ -60,9 +60,35 @@ pub async fn serve(
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
     let (listener, socket_file, socket) = listen(&config)?;
-    let state_dir = paths::state_dir(config.state.dir.as_deref(), &Env::from_process());
+    let env = Env::from_process();
+    let state_dir = paths::state_dir(config.state.dir.as_deref(), &env);
+    // Read once, here: a reload never re-reads the key (`[state]` applies at restart).
+    let sealing =
+        crate::seal::Sealing::from_credentials(config.state.seal, env.credentials_dir().as_deref())
+            .map_err(|e| Failure::failed(format!("refusing to start: {e}")))?;
+    match &sealing {
+        crate::seal::Sealing::Sealed { previous, .. } => {
+            info!(
+                seal = config.state.seal.as_str(),
+                sealed = true,
+                key_source = crate::seal::KEY_SOURCE,
+                previous_key = previous.is_some(),
+                "state files are sealed"
+            )
+        }
+        crate::seal::Sealing::NoKey(why) => {
+            info!(seal = config.state.seal.as_str(), sealed = false, why = %why, "state files are not sealed: no state key")
+        }
+        crate::seal::Sealing::Off => {
+            info!(
+                seal = config.state.seal.as_str(),
+                sealed = false,
+                "state files are not sealed: [state] seal = \"off\""
+            )
+        }
+    }
     let store = match crate::store::Store::open(&state_dir) {
-        Ok(store) => Some(Arc::new(store)),
+        Ok(store) => Some(Arc::new(store.with_sealing(sealing))),
         Err(crate::store::OpenError::Unsafe(why)) => {
             return Err(Failure::failed(format!("refusing to start: {why}")));
         }

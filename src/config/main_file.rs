@@ -43,11 +43,8 @@ pub(crate) fn check_main(cx: &mut FileCx<'_>, root: &DeTable<'_>, main_dir: &Pat
 
     let server = root.table(cx, "server");
     let server = check_server(cx, server, main_dir);
-    let mut state = StateConfig { dir: None };
-    if let Some(sec) = root.table(cx, "state") {
-        sec.unknown_keys(cx, &["dir"]);
-        state.dir = sec.path(cx, "dir", main_dir).map(|(p, _)| p);
-    }
+    let state = root.table(cx, "state");
+    let state = check_state(cx, state, main_dir);
     let refresh = match root.table(cx, "refresh") {
         Some(sec) => check_refresh(cx, &sec),
         None => default_refresh(),
@@ -86,6 +83,27 @@ fn check_server(
         }
     }
     server
+}
+
+/// `[state]`, or its defaults when the table is absent.
+fn check_state(cx: &mut FileCx<'_>, sec: Option<Section<'_, '_>>, main_dir: &Path) -> StateConfig {
+    let mut state = StateConfig {
+        dir: None,
+        seal: SealMode::Auto,
+    };
+    if let Some(sec) = sec {
+        sec.unknown_keys(cx, &["dir", "seal"]);
+        state.dir = sec.path(cx, "dir", main_dir).map(|(p, _)| p);
+        if let Some((s, span)) = sec.string(cx, "seal") {
+            match s {
+                "auto" => state.seal = SealMode::Auto,
+                "off" => state.seal = SealMode::Off,
+                "required" => state.seal = SealMode::Required,
+                _ => cx.at(&span, "`seal` must be \"auto\", \"off\" or \"required\""),
+            }
+        }
+    }
+    state
 }
 
 /// `[log]`, or its defaults when the table is absent.

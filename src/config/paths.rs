@@ -80,6 +80,11 @@ impl Env {
         }
     }
 
+    /// `$CREDENTIALS_DIRECTORY`: where systemd put the service's credentials (`state-key`).
+    pub fn credentials_dir(&self) -> Option<PathBuf> {
+        self.var("CREDENTIALS_DIRECTORY").map(PathBuf::from)
+    }
+
     /// A variable's value, `None` when unset or empty (an empty value is treated as unset,
     /// as systemd and the XDG spec do).
     fn var(&self, name: &str) -> Option<&OsStr> {

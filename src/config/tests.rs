@@ -115,7 +115,13 @@ fn minimal_gets_defaults() {
             socket_mode: 0o660
         }
     );
-    assert_eq!(config.state, StateConfig { dir: None });
+    assert_eq!(
+        config.state,
+        StateConfig {
+            dir: None,
+            seal: SealMode::Auto
+        }
+    );
     assert_eq!(config.refresh, default_refresh());
     assert_eq!(
         config.log,
@@ -150,6 +156,7 @@ fn full_sets_every_key() {
     assert_eq!(config.server.socket, Some(case.join("run/iamtokend.sock")));
     assert_eq!(config.server.socket_mode, 0o600);
     assert_eq!(config.state.dir, Some(PathBuf::from("/var/lib/custom")));
+    assert_eq!(config.state.seal, SealMode::Off);
     assert_eq!(
         config.refresh,
         RefreshConfig {

@@ -39,6 +39,30 @@ pub struct ServerConfig {
 pub struct StateConfig {
     /// `dir`, when set; otherwise `paths::state_dir` decides.
     pub dir: Option<PathBuf>,
+    /// `seal`: whether state files are sealed at rest. Default `Auto`.
+    pub seal: SealMode,
+}
+
+/// `[state] seal` (CONTRACT §7; `crate::seal` does the sealing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealMode {
+    /// `"auto"`: sealed when `$CREDENTIALS_DIRECTORY/state-key` is there, unsealed otherwise.
+    Auto,
+    /// `"off"`: never sealed, the key is not read.
+    Off,
+    /// `"required"`: `serve` and `check-config` refuse to run without the key.
+    Required,
+}
+
+impl SealMode {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealMode::Auto => "auto",
+            SealMode::Off => "off",
+            SealMode::Required => "required",
+        }
+    }
 }
 
 /// `[refresh]`: see CONTRACT §3/§4.

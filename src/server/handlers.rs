@@ -123,7 +123,8 @@ async fn may_read(ctx: &Ctx, peer: &Peer, app: &AppHandle) -> bool {
     peer::admits(access, ctx.daemon_uid, peer.uid, groups)
 }
 
-/// The apps this peer may read; the others are left out, not marked.
+/// The apps this peer may read; the others are left out, not marked. `state`: whether the
+/// state dir is sealed (`{"sealed", "key_source"}`), for every peer.
 async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
     let clock = ctx.broker.clock();
     let now = clock.now();
@@ -145,7 +146,8 @@ async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
             })),
         }));
     }
-    json_response(StatusCode::OK, &json!({ "apps": apps }))
+    let state = ctx.broker.seal_status().to_json();
+    json_response(StatusCode::OK, &json!({ "apps": apps, "state": state }))
 }
 
 /// `GET /metrics`: the counters, then each app's gauges from its snapshot as of now.

@@ -273,7 +273,14 @@ async fn status_shows_when_each_app_last_refreshed() {
     let out = daemon.cli(&["status"]).await;
     let table = text(&out.stdout);
     assert!(table.lines().next().unwrap().contains("LAST REFRESH"));
-    for line in table.lines().skip(1) {
+    // App rows end at the blank line before the `state: ...` line.
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for line in rows {
         // Columns: APP GRANT STATE EXPIRES(in ..) NEXT REFRESH(in ..) LAST REFRESH(.. ago).
         assert!(line.contains(" ago"), "no last refresh shown: {table}");
     }

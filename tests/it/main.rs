@@ -48,5 +48,7 @@ mod socket_api;
 mod suspend;
 // The state dir: rotated refresh tokens survive restarts and SIGKILL; damaged files aside.
 mod state;
+// `[state] seal`: sealed state files, restart, another key, tampering, migration, the key's checks.
+mod seal;
 // sd_notify messages in order, socket activation, a second SIGTERM, reload notifications.
 mod systemd;
