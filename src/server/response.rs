@@ -63,7 +63,10 @@ struct TokenBody<'a> {
 /// Everything but `expires_in` is
 /// serialized once per token (escaping a JWT-sized id token is most of a request's work);
 /// each answer splices the current `expires_in` in.
-pub(crate) fn token_response(token: &Token, now: crate::clock::BootInstant) -> Response<Full<Bytes>> {
+pub(crate) fn token_response(
+    token: &Token,
+    now: crate::clock::BootInstant,
+) -> Response<Full<Bytes>> {
     let rendered = token.rendered.get_or_init(|| render(token));
     let expires_in = token.ttl(now).as_secs().to_string();
     let mut bytes =
