@@ -2,6 +2,10 @@
 //! `vault server -dev`. Starts the simulator on an ephemeral loopback port, writes a demo
 //! config (one app per grant, 60 s tokens so refreshes show within a minute) into a fresh
 //! directory, logs the demo authorization-code app in, and serves until Ctrl-C.
+//!
+//! The directory is made the way `mkdtemp` makes one: a random name, created exclusively,
+//! mode 0700, never one that already exists (another user could have planted apps in it), and
+//! every file in it created new (no link followed). It is removed when dev mode ends.
 
 use std::path::{Path, PathBuf};
 
@@ -39,20 +43,36 @@ fn demo_assertion() -> String {
     )
 }
 
-/// Writes the demo config under `dir`; returns the main file.
+/// Creates `path` (which must not exist: no link followed, nothing reused) with `mode` and
+/// writes `contents`.
+fn write_new(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?
+        .write_all(contents.as_bytes())
+}
+
+/// Writes the demo config under `dir` (a fresh, empty directory of ours: every file is
+/// created new); returns the main file.
 pub fn write_demo_config(dir: &Path, endpoint: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::DirBuilderExt;
     let apps = dir.join("apps.d");
-    std::fs::create_dir_all(&apps)?;
-    std::fs::write(dir.join("assertion.jwt"), demo_assertion())?;
-    std::fs::write(dir.join("reports.refresh"), "dev-seed-refresh-token")?;
-    for f in ["assertion.jwt", "reports.refresh"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600))?;
-    }
+    std::fs::DirBuilder::new().mode(0o700).create(&apps)?;
+    write_new(&dir.join("assertion.jwt"), &demo_assertion(), 0o600)?;
+    write_new(
+        &dir.join("reports.refresh"),
+        "dev-seed-refresh-token",
+        0o600,
+    )?;
     let main = dir.join("iamtokend.toml");
-    std::fs::write(
+    write_new(
         &main,
-        format!(
+        &format!(
             r#"# Written by `iamtokend serve --dev`; removed when it exits.
 apps_dir = "apps.d"
 
@@ -73,6 +93,7 @@ max_concurrent = 8
             socket = dir.join("iamtokend.sock").display(),
             state = dir.join("state").display(),
         ),
+        0o600,
     )?;
     let common = |name: &str| {
         format!(
@@ -111,7 +132,7 @@ max_concurrent = 8
         ),
     ];
     for (name, body) in apps_toml {
-        std::fs::write(apps.join(format!("{name}.toml")), body)?;
+        write_new(&apps.join(format!("{name}.toml")), &body, 0o600)?;
     }
     Ok(main)
 }
@@ -134,9 +155,18 @@ pub async fn run() -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::failed(format!("cannot start the simulator: {e}")))?;
     sim.seed_refresh_token(&client_id("reports"), "dev-seed-refresh-token");
-    let dir = dev_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
+    let base = dev_base();
+    let dev_dir = tempfile::Builder::new()
+        .prefix("iamtokend-dev-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(&base)
+        .map_err(|e| {
+            Failure::failed(format!(
+                "cannot create a dev directory in {}: {e}",
+                base.display()
+            ))
+        })?;
+    let dir = dev_dir.path().to_owned();
     let main = write_demo_config(&dir, &sim.endpoint_url())
         .map_err(|e| Failure::failed(format!("cannot write the demo config: {e}")))?;
     let config = crate::config::load(&main)
@@ -159,7 +189,9 @@ pub async fn run() -> Result<(), Failure> {
     })
     .await;
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = dev_dir.close() {
+        warn!(dir = %dir.display(), error = %e, "cannot remove the dev directory");
+    }
     result
 }
 
@@ -181,12 +213,12 @@ async fn log_in_portal(socket: &Path, (code, verifier): (Secret, Secret)) {
     }
 }
 
-fn dev_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
+/// Where the dev directory is made: `$XDG_RUNTIME_DIR`, else `$TMPDIR` (or `/tmp`).
+fn dev_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(format!("iamtokend-dev-{}", std::process::id()))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// Prints the banner on stdout. Write errors are ignored: a closed stdout (the terminal went

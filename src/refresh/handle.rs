@@ -126,8 +126,9 @@ impl AppHandle {
         self.snapshot.clone()
     }
 
-    /// A token with at least `min_ttl` left if one can be had; otherwise the last good token
-    /// while it is valid; otherwise why not.
+    /// A token with at least `min_ttl` left (capped by the owner at 90 % of the last token's
+    /// lifetime) if one can be had; otherwise the last good token while it is valid; otherwise
+    /// why not.
     pub async fn token(&self, min_ttl: Duration) -> Result<Arc<Token>, ServeError> {
         let now = self.clock.now();
         if let Some(t) = self.snapshot.borrow().valid_token(now) {
@@ -148,7 +149,8 @@ impl AppHandle {
         }
     }
 
-    /// Calls upstream now (joining a call in flight) and reports its result.
+    /// Calls upstream (joining a call in flight; within a second of the app's last call, the
+    /// call made at the next second, shared by all who wait for it) and reports its result.
     pub async fn refresh(&self) -> Result<Arc<Token>, ServeError> {
         self.ask(|reply| Command::Refresh {
             force: true,

@@ -6,6 +6,12 @@
 //! runs one attempt at a time while still answering commands (refresh requests join the call
 //! in flight: single flight); then [`Owner::apply`] turns the outcome into the next state
 //! with the pure [`after_attempt`], and it waits again.
+//!
+//! A call a request forces (`POST .../refresh`, a `min_ttl` the token does not meet, judged
+//! with [`capped_min_ttl`]) starts no sooner than [`forced_call_at`] allows: within a second
+//! of the last call's start, the request waits for the next slot with every other one that
+//! arrives meanwhile, and they all share the call made then. However many connections or
+//! clients ask, an app makes at most one forced call a second.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -17,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::attempt::{token_from, Attempt, Failure, Job, Outcome};
 use super::error::ServeError;
-use super::policy::{after_resume, LivePolicy, Retry};
+use super::policy::{after_resume, capped_min_ttl, forced_call_at, LivePolicy, Retry};
 use super::state::{after_attempt, AppState, Ending, LastError, Next, Snapshot, Token};
 use crate::clock::{BootInstant, Clock};
 use crate::config::{AppConfig, Grant};
@@ -145,6 +151,9 @@ pub(crate) fn start(
         next_attempt: None,
         deferred: VecDeque::new(),
         resumes: Some(shared_resumes),
+        slot_waiters: Vec::new(),
+        last_call_start: None,
+        last_lifetime: None,
     };
     Started {
         snapshot,
@@ -167,6 +176,13 @@ struct Owner {
     next_attempt: Option<BootInstant>,
     /// Logins that arrived while a call was in flight, run after it.
     deferred: VecDeque<Command>,
+    /// Requests that need a call and wait for the next forced-call slot; the call made then
+    /// answers them all.
+    slot_waiters: Vec<Reply>,
+    /// When the last upstream call (of any kind) started: the forced-call slots count from it.
+    last_call_start: Option<BootInstant>,
+    /// The lifetime of the token last issued, which caps `min_ttl`.
+    last_lifetime: Option<Duration>,
     /// The subject app's snapshots (token-exchange), watched for a replaced token.
     subject: Option<watch::Receiver<Snapshot>>,
     /// The subject token last exchanged or seen, to tell a replaced one.
@@ -218,20 +234,35 @@ impl Owner {
                 },
             };
             let flow = match command {
-                // Boxed: an attempt's future is kilobytes, and inlined it would make every idle
-                // app's task that large too.
-                None => Box::pin(self.flight(Attempt::Refresh, Vec::new())).await,
+                // The timer (the owner's own or the forced-call slot) or a replaced subject:
+                // the call answers whoever waits for the slot. Boxed: an attempt's future is
+                // kilobytes, and inlined it would make every idle app's task that large too.
+                None => {
+                    let waiters = std::mem::take(&mut self.slot_waiters);
+                    Box::pin(self.flight(Attempt::Refresh, waiters)).await
+                }
                 Some(Command::Refresh {
                     force,
                     min_ttl,
                     reply,
-                }) => match self.answer_without_call(force, min_ttl) {
-                    Some(answer) => {
-                        let _ = reply.send(answer);
-                        ControlFlow::Continue(())
+                }) => {
+                    let min_ttl = capped_min_ttl(min_ttl, self.last_lifetime);
+                    match self.answer_without_call(force, min_ttl) {
+                        Some(answer) => {
+                            let _ = reply.send(answer);
+                            ControlFlow::Continue(())
+                        }
+                        None => {
+                            let now = self.shared.clock.now();
+                            if forced_call_at(self.last_call_start, now) <= now {
+                                Box::pin(self.flight(Attempt::Refresh, vec![reply])).await
+                            } else {
+                                self.slot_waiters.push(reply);
+                                ControlFlow::Continue(())
+                            }
+                        }
                     }
-                    None => Box::pin(self.flight(Attempt::Refresh, vec![reply])).await,
-                },
+                }
                 Some(Command::Login(login)) => {
                     let LoginCommand {
                         code,
@@ -257,14 +288,21 @@ impl Owner {
         }
     }
 
-    /// Waits for the next thing to do: a command, or `None` when the timer fires or the
-    /// subject's token was replaced. Breaks when stopped or every handle is gone. The timer
-    /// sleeps on tokio's clock until the tokio instant of `next_attempt` as of now; a resume
-    /// (the clock's epoch) makes it recompute, after [`Owner::resumed`] moved a call that came
-    /// due in the suspend to now (jittered).
+    /// Waits for the next thing to do: a command, or `None` when the timer fires (the
+    /// owner's own, or the forced-call slot while requests wait for it) or the subject's
+    /// token was replaced. Breaks when stopped or every handle is gone. The timer sleeps on
+    /// tokio's clock until the tokio instant of its point as of now; a resume (the clock's
+    /// epoch) makes it recompute, after [`Owner::resumed`] moved a call that came due in the
+    /// suspend to now (jittered).
     async fn wait(&mut self) -> ControlFlow<(), Option<Command>> {
         loop {
-            let deadline = self.next_attempt.map(|at| self.shared.clock.deadline(at));
+            let slot = (!self.slot_waiters.is_empty())
+                .then(|| forced_call_at(self.last_call_start, self.shared.clock.now()));
+            let next = match (self.next_attempt, slot) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let deadline = next.map(|at| self.shared.clock.deadline(at));
             let timer = async move {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -359,6 +397,7 @@ impl Owner {
 
     /// Runs one attempt while still taking commands: refresh requests join it, logins wait.
     async fn flight(&mut self, attempt: Attempt, mut waiters: Vec<Reply>) -> ControlFlow<()> {
+        self.last_call_start = Some(self.shared.clock.now());
         self.publish_with(|s| s.state = AppState::Refreshing);
         let job = self.job.clone().run(self.refresh_token.clone(), attempt);
         tokio::pin!(job);
@@ -416,6 +455,7 @@ impl Owner {
                     self.refresh_token = Some(refresh_token);
                 }
                 let lifetime = Duration::from_secs(issued.expires_in);
+                self.last_lifetime = Some(lifetime);
                 let ending = Ending::Issued { lifetime };
                 let next = after_attempt(self.retry, ending, None, now, &policy, sample);
                 let token = Arc::new(token_from(issued, now, &clock));

@@ -3,7 +3,8 @@
 //! runtime. [`after_resume`] is where a call that came due in a suspend goes. [`Retry`] is the one retry state of both the
 //! token path (the owner task) and role credentials; [`uniform_sample`] is the one place the
 //! engine draws randomness, and the owner and the credential cache hold it as an injected
-//! `fn() -> f64` that tests replace.
+//! `fn() -> f64` that tests replace. The limits on calls a request can force, [`forced_call_at`]
+//! and [`capped_min_ttl`], are here too.
 
 use std::time::Duration;
 
@@ -214,6 +215,36 @@ pub(crate) fn after_resume(
     }
 }
 
+/// Calls a request forces (`POST .../refresh`, a `min_ttl` the token does not meet) start at
+/// least this far apart for one app (CONTRACT §4).
+pub const FORCED_CALL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a call a request forces at `now` may start, given when the app's last upstream call
+/// started: at once if that was [`FORCED_CALL_INTERVAL`] or more ago (or never), else at the
+/// next slot, a second after it. Requests waiting for the slot share the call made then.
+///
+/// Worked example: the last call started at t = 10 s; a forced refresh at 10.3 s waits until
+/// 11 s; one at 11.5 s calls at once.
+pub(crate) fn forced_call_at(last_start: Option<BootInstant>, now: BootInstant) -> BootInstant {
+    match last_start {
+        Some(last) => now.max(last + FORCED_CALL_INTERVAL),
+        None => now,
+    }
+}
+
+/// `min_ttl` as the owner judges it: one no fresh token could meet is capped at 90 % of the
+/// lifetime of the token last issued, so asking for more than upstream gives cannot force a
+/// call per request. Before any token was issued it is taken as asked.
+///
+/// Worked example: 1 h tokens, `min_ttl=999999` → 3240 s (54 min): a fresh token meets it,
+/// one 6 min old does not.
+pub(crate) fn capped_min_ttl(min_ttl: Duration, last_lifetime: Option<Duration>) -> Duration {
+    match last_lifetime {
+        Some(lifetime) => min_ttl.min(lifetime.mul_f64(0.9)),
+        None => min_ttl,
+    }
+}
+
 /// A uniform draw in [0, 1): the default of every injected sample function, and the engine's
 /// only use of the global random generator.
 pub(crate) fn uniform_sample() -> f64 {
@@ -391,5 +422,53 @@ mod tests {
         assert_eq!(centered(0.0), -1.0);
         assert_eq!(centered(0.5), 0.0);
         assert_eq!(centered(0.75), 0.5);
+    }
+
+    #[test]
+    fn forced_call_at_table() {
+        let t0 = BootInstant::from_secs(1_000);
+        let ms = Duration::from_millis;
+        // (last call started at t0 + ?, now at t0 + ?, may call at t0 + ?)
+        let cases = [
+            (None, ms(0), ms(0)),
+            (None, ms(5000), ms(5000)),
+            (Some(ms(0)), ms(0), ms(1000)),
+            (Some(ms(0)), ms(300), ms(1000)),
+            (Some(ms(0)), ms(999), ms(1000)),
+            (Some(ms(0)), ms(1000), ms(1000)),
+            (Some(ms(0)), ms(1500), ms(1500)),
+            (Some(ms(10_000)), ms(10_300), ms(11_000)),
+            (Some(ms(10_000)), ms(11_500), ms(11_500)),
+        ];
+        for (last, now, at) in cases {
+            assert_eq!(
+                forced_call_at(last.map(|l| t0 + l), t0 + now),
+                t0 + at,
+                "last {last:?} now {now:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn capped_min_ttl_table() {
+        let s = Duration::from_secs;
+        // (min_ttl asked, last lifetime, judged)
+        let cases = [
+            (s(999_999), Some(s(3600)), s(3240)),
+            (s(3240), Some(s(3600)), s(3240)),
+            (s(3000), Some(s(3600)), s(3000)),
+            (s(0), Some(s(3600)), s(0)),
+            (s(700), Some(s(600)), s(540)),
+            (s(60), Some(s(1)), Duration::from_millis(900)),
+            (s(60), Some(s(0)), s(0)),
+            (s(999_999), None, s(999_999)),
+        ];
+        for (asked, lifetime, judged) in cases {
+            assert_eq!(
+                capped_min_ttl(asked, lifetime),
+                judged,
+                "{asked:?} {lifetime:?}"
+            );
+        }
     }
 }

@@ -23,6 +23,8 @@ struct FakeIssuer {
     calls: AtomicUsize,
     grants: Mutex<Vec<&'static str>>,
     delay: Duration,
+    /// When each call started (tokio time: paused in these tests).
+    starts: Mutex<Vec<tokio::time::Instant>>,
 }
 
 impl FakeIssuer {
@@ -33,6 +35,7 @@ impl FakeIssuer {
             calls: AtomicUsize::new(0),
             grants: Mutex::new(Vec::new()),
             delay: Duration::from_millis(50),
+            starts: Mutex::new(Vec::new()),
         })
     }
     fn push(&self, r: Result<u64, UpstreamError>) {
@@ -51,6 +54,10 @@ impl TokenIssuer for FakeIssuer {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             self.grants.lock().unwrap().push(grant.label());
+            self.starts
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now());
             tokio::time::sleep(self.delay).await;
             let next = self.script.lock().unwrap().pop_front();
             let lifetime = match next {
@@ -195,7 +202,9 @@ async fn min_ttl_requests_join_one_refresh() {
         None,
     ));
     until_ready(&handle).await;
-    // 600 s token; ask for 700 s left: every request needs a refresh, one call serves all.
+    // 600 s token, 100 s later (500 s left); ask for 700 s left, capped at 90 % of the
+    // lifetime (540 s): every request needs a refresh, one call serves all.
+    tokio::time::sleep(Duration::from_secs(100)).await;
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let h = handle.clone();
@@ -406,6 +415,7 @@ async fn ping_is_answered_while_a_call_is_in_flight() {
         calls: AtomicUsize::new(0),
         grants: Mutex::new(Vec::new()),
         delay: Duration::from_secs(60),
+        starts: Mutex::new(Vec::new()),
     });
     let handle = AppHandle::spawn(jwt_app(dir.path()), issuer.clone(), None, shared(300), None);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -658,4 +668,159 @@ mod suspend {
         assert_eq!(issuer.calls(), 2);
         assert_eq!(handle.snapshot().state, AppState::Ready);
     }
+}
+
+/// The calls' start times, as offsets from the first.
+fn start_offsets(issuer: &FakeIssuer) -> Vec<Duration> {
+    let starts = issuer.starts.lock().unwrap();
+    starts.iter().map(|s| *s - starts[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_refresh_right_after_a_call_waits_for_the_next_slot_and_shares_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = FakeIssuer::new(3600);
+    let handle = Arc::new(AppHandle::spawn(
+        jwt_app(dir.path()),
+        issuer.clone(),
+        None,
+        shared(300),
+        None,
+    ));
+    until_ready(&handle).await;
+    // 50 ms after the first call started: the next forced call starts 1 s after it, and
+    // every forced refresh arriving meanwhile shares it.
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let h = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40 * i)).await;
+            h.refresh().await
+        }));
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    for t in tasks {
+        tokens.insert(t.await.unwrap().unwrap().access_token.expose().to_owned());
+    }
+    assert_eq!(tokens, ["token-2".to_owned()].into());
+    assert_eq!(issuer.calls(), 2);
+    assert_eq!(
+        start_offsets(&issuer),
+        [Duration::ZERO, Duration::from_secs(1)]
+    );
+    // More than a second after the last call started, a forced refresh calls at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = tokio::time::Instant::now();
+    let t = handle.refresh().await.unwrap();
+    assert_eq!(t.access_token.expose(), "token-3");
+    assert_eq!(
+        *issuer.starts.lock().unwrap().last().unwrap(),
+        before,
+        "no wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_forced_refreshes_makes_one_call_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = FakeIssuer::new(3600);
+    let handle = Arc::new(AppHandle::spawn(
+        jwt_app(dir.path()),
+        issuer.clone(),
+        None,
+        shared(300),
+        None,
+    ));
+    until_ready(&handle).await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for i in 0..30u64 {
+        let h = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(7 * i)).await;
+            let mut answered = 0;
+            while tokio::time::Instant::now() < end {
+                h.refresh().await.unwrap();
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap();
+    }
+    assert!(answered >= 30 * 5, "every request answered, {answered}");
+    let offsets = start_offsets(&issuer);
+    // The first call, then one a second: t = 1, 2, 3, 4, 5 (the last serves requests that
+    // arrived just before the end).
+    assert_eq!(
+        offsets,
+        (0..=5).map(Duration::from_secs).collect::<Vec<_>>(),
+        "call starts"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_min_ttl_no_token_could_meet_is_capped_at_90_percent_of_the_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = FakeIssuer::new(3600);
+    let handle = Arc::new(AppHandle::spawn(
+        jwt_app(dir.path()),
+        issuer.clone(),
+        None,
+        shared(300),
+        None,
+    ));
+    until_ready(&handle).await;
+    // A fresh 1 h token meets min_ttl 999999 capped at 3240 s: no call.
+    for _ in 0..50 {
+        let t = handle.token(Duration::from_secs(999_999)).await.unwrap();
+        assert_eq!(t.access_token.expose(), "token-1");
+    }
+    assert_eq!(issuer.calls(), 1);
+    // 400 s later 3200 s are left, under the cap: one call, shared, then served again.
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let h = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            h.token(Duration::from_secs(999_999)).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().access_token.expose(), "token-2");
+    }
+    handle.token(Duration::from_secs(999_999)).await.unwrap();
+    assert_eq!(issuer.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_min_ttl_refresh_keeps_to_the_one_second_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 s tokens (min_ttl 60 s capped at 18 s): every request past 2 s of a token's life
+    // wants a call, long before the owner's own refresh at 10 s; the slot keeps it to one a
+    // second.
+    let issuer = FakeIssuer::new(20);
+    let handle = Arc::new(AppHandle::spawn(
+        jwt_app(dir.path()),
+        issuer.clone(),
+        None,
+        shared(300),
+        None,
+    ));
+    until_ready(&handle).await;
+    let end = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while tokio::time::Instant::now() < end {
+        let _ = handle.token(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let offsets = start_offsets(&issuer);
+    assert!(
+        offsets
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_secs(1)),
+        "{offsets:?}"
+    );
+    assert!((2..=5).contains(&offsets.len()), "{offsets:?}");
 }

@@ -2,7 +2,7 @@
 //! before it accepts ([`Slots::total`]), and [`Connection::run`] adds the peer uid's share (or
 //! answers 503 and closes at once), serves HTTP/1.1 on the stream with hyper, resolves
 //! each request against the route table once, charges the ones that may call upstream to the
-//! connection's rate, and hands the rest to the handlers.
+//! connection's rate and to its peer uid's (`rate.rs`), and hands the rest to the handlers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -95,15 +95,17 @@ impl Connection {
 impl Requests {
     /// One request: resolved (its app looked up once), charged if it may call upstream, then
     /// answered, or refused with 429 `rate_limited` and `connection: close` when this
-    /// connection is over its rate.
+    /// connection, or its peer uid over all its connections, is over its rate.
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let route = handlers::route_of(&request, &self.ctx.broker);
+        let now = tokio::time::Instant::now();
         let allowed = !route.charged
-            || self
+            || (self
                 .rate
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .take(tokio::time::Instant::now());
+                .take(now)
+                && self.ctx.uid_rates.take(self.peer.uid, now));
         if !allowed {
             debug!(
                 uid = self.peer.uid,
@@ -154,7 +156,7 @@ impl Bucket {
     }
 
     /// Takes one token if there is one.
-    fn take(&mut self, now: tokio::time::Instant) -> bool {
+    pub(super) fn take(&mut self, now: tokio::time::Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -32,6 +32,8 @@ pub(crate) struct Ctx {
     pub(crate) daemon_uid: u32,
     /// How long a request body may take to arrive.
     pub(crate) body_timeout: Duration,
+    /// Each peer uid's charged-request rate, over all its connections.
+    pub(crate) uid_rates: super::rate::UidRates,
 }
 
 /// Answers one request from `peer` on `route` (resolved by the caller, which charged it) and

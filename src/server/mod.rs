@@ -9,6 +9,7 @@ mod connection;
 pub mod error;
 mod handlers;
 pub mod peer;
+mod rate;
 pub mod response;
 pub mod routes;
 mod socket;
@@ -65,6 +66,10 @@ pub struct Limits {
     pub requests_per_second: f64,
     /// ... after a burst of this many. Over: 429 `rate_limited`, then the connection closes.
     pub request_burst: f64,
+    /// The same, counted per peer uid over all its connections: requests per second...
+    pub uid_requests_per_second: f64,
+    /// ... after a burst of this many.
+    pub uid_request_burst: f64,
 }
 
 impl Default for Limits {
@@ -78,6 +83,8 @@ impl Default for Limits {
             max_connections_per_uid: 128,
             requests_per_second: 50.0,
             request_burst: 200.0,
+            uid_requests_per_second: 100.0,
+            uid_request_burst: 400.0,
         }
     }
 }
@@ -122,6 +129,7 @@ pub async fn run_with_limits(
         broker,
         daemon_uid: nix::unistd::geteuid().as_raw(),
         body_timeout: limits.body_timeout,
+        uid_rates: rate::UidRates::new(limits.uid_request_burst, limits.uid_requests_per_second),
     });
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);

@@ -171,9 +171,16 @@ async fn an_absurd_lifetime_is_clamped() {
         ttl <= 30 * 86_400 && ttl > 29 * 86_400,
         "clamped to 30 days: {ttl}"
     );
-    // min_ttl above what is left forces a refresh, which the simulator answers normally.
+    // A min_ttl past what any token gives is capped at 90 % of the lifetime (27 days): the
+    // fresh token meets it, no call (CONTRACT §4).
     let (status, body) = daemon.get("/v1/apps/huge/token?min_ttl=31536000").await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "tok-huge");
+    assert_eq!(env.calls_for("huge").len(), 1);
+    // A forced refresh after it calls, and the simulator answers normally.
+    let (status, body) = daemon.post("/v1/apps/huge/refresh", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["access_token"], "tok-huge");
     assert_eq!(env.calls_for("huge").len(), 2);
 }
 

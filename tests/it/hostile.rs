@@ -135,19 +135,20 @@ async fn odd_requests_get_clean_answers() {
     assert!(!daemon.logs().contains("panicked"));
 }
 
-/// A client pipelining far more forced refreshes (requests that call upstream) than the
-/// per-connection rate allows gets the burst answered, then one 429 `rate_limited`, then a
-/// close; other clients are unaffected.
+/// A client pipelining far more charged requests (ones that may call upstream; here a
+/// `min_ttl` the cached token meets, so the daemon answers fast: forced refreshes would be
+/// held to one a second by their app) than the per-connection rate allows gets the burst
+/// answered, then one 429 `rate_limited`, then a close; other clients are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelining_flood_is_cut_off() {
     let env = TestEnv::new(3600).await;
     env.jwt_app("analytics");
     let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
     let stream = UnixStream::connect(&daemon.socket).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
-        let request =
-            b"POST /v1/apps/analytics/refresh HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+        let request = b"GET /v1/apps/analytics/token?min_ttl=60 HTTP/1.1\r\nhost: x\r\n\r\n";
         let flood: Vec<u8> = request.repeat(2000);
         // The daemon stops reading once it closes; the write then fails, as it should.
         let _ = write.write_all(&flood).await;
@@ -167,6 +168,65 @@ async fn a_pipelining_flood_is_cut_off() {
     let _ = writer.await;
     // A new connection is served at once.
     assert_eq!(daemon.get("/v1/health").await.0, 200);
+}
+
+/// #14 item 8: the charged-request rate is also counted per peer uid, across its
+/// connections: 10 connections each pipelining 190 charged requests (each within the
+/// per-connection burst of 200) get no more answered than the uid's burst (400) plus its rate
+/// (100/s) over the flood, and the rest 429 `rate_limited`. Before, every one was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_rate_is_counted_per_uid_across_connections() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let start = tokio::time::Instant::now();
+    let mut floods = Vec::new();
+    for _ in 0..10 {
+        let stream = UnixStream::connect(&daemon.socket).await.unwrap();
+        floods.push(tokio::spawn(async move {
+            let (mut read, mut write) = stream.into_split();
+            let writer = tokio::spawn(async move {
+                let request =
+                    b"GET /v1/apps/analytics/token?min_ttl=60 HTTP/1.1\r\nhost: x\r\n\r\n";
+                let mut flood = request.repeat(189);
+                flood.extend_from_slice(
+                    b"GET /v1/apps/analytics/token?min_ttl=60 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                );
+                // A connection cut off at its 429 stops reading; the write then fails.
+                let _ = write.write_all(&flood).await;
+                write
+            });
+            let mut answer = Vec::new();
+            read_to_close(&mut read, &mut answer).await.ok();
+            let _ = writer.await;
+            let text = String::from_utf8_lossy(&answer);
+            (
+                text.matches("HTTP/1.1 200").count(),
+                text.matches("HTTP/1.1 429").count(),
+            )
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for f in floods {
+        let (o, l) = f.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let most = 400.0 + 100.0 * elapsed;
+    assert!(
+        (ok as f64) <= most,
+        "{ok} of 1900 answered in {elapsed:.1} s; the uid's share is {most:.0}"
+    );
+    assert!(limited >= 1, "no 429 for {ok} answered in {elapsed:.1} s");
+    assert!(ok >= 400, "the uid's burst is served: {ok}");
+    // Another connection of the same uid is served again once the rate refills.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        daemon.get("/v1/apps/analytics/token?min_ttl=60").await.0,
+        200
+    );
 }
 
 /// Slow or silent clients hold a connection each, nothing more: others are served meanwhile.

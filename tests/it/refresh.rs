@@ -158,3 +158,83 @@ async fn a_wrong_signing_secret_is_rejected_by_the_simulator() {
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "token_unavailable");
 }
+
+/// #14 item 8: 3 connections pipelining forced refreshes for ~3 s make at most one upstream
+/// call a second (+1), not one per request (before: 450 calls in 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_refreshes_from_three_connections_make_one_call_a_second() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let before = env.calls_for("analytics").len();
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(3);
+    let mut floods = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::UnixStream::connect(&daemon.socket)
+            .await
+            .unwrap();
+        floods.push(tokio::spawn(async move {
+            let request =
+                b"POST /v1/apps/analytics/refresh HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+            stream.write_all(&request.repeat(150)).await.unwrap();
+            let mut answers = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                answers.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&answers)
+                .matches("HTTP/1.1 200")
+                .count()
+        }));
+    }
+    let mut answered = 0;
+    for f in floods {
+        answered += f.await.unwrap();
+    }
+    let made = env.calls_for("analytics").len() - before;
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(answered >= 1, "the flood is served");
+    assert!(
+        (1..=elapsed.floor() as usize + 2).contains(&made),
+        "{made} upstream calls in {elapsed:.1} s for {answered} answered forced refreshes"
+    );
+}
+
+/// A forced refresh right after a call (an assertion just changed) still makes a new call,
+/// within the next second's slot, and answers with its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_right_after_a_call_still_makes_a_new_call() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let before = env.calls_for("analytics").len();
+    let (s1, first) = daemon.post("/v1/apps/analytics/refresh", None).await;
+    let (s2, second) = daemon.post("/v1/apps/analytics/refresh", None).await;
+    assert_eq!((s1, s2), (200, 200), "{first} {second}");
+    assert_ne!(first["access_token"], second["access_token"]);
+    assert_eq!(env.calls_for("analytics").len() - before, 2);
+}
+
+/// A `min_ttl` no token could meet (999999 s of a 1 h token) is capped at 90 % of the
+/// lifetime: requests are served from the fresh token, not a call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_ttl_beyond_the_lifetime_makes_no_call_per_request() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("analytics");
+    let daemon = env.daemon().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let before = env.calls_for("analytics").len();
+    for _ in 0..30 {
+        let (status, body) = daemon.get("/v1/apps/analytics/token?min_ttl=999999").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let made = env.calls_for("analytics").len() - before;
+    assert!(made <= 1, "{made} upstream calls for 30 requests");
+}
