@@ -28,6 +28,8 @@ pub struct Broker {
     /// The config the running apps were started from, without its apps (each app's config is
     /// held once, by its handle); the lock also serializes reloads.
     config: tokio::sync::Mutex<Config>,
+    /// The apps' file sinks, kept in step with the apps at start and on every reload.
+    sinks: crate::sinks::Sinks,
 }
 
 /// What a reload did, for the log and for tests.
@@ -63,12 +65,14 @@ impl Broker {
         );
         let order = config.start_order();
         let mut apps = std::mem::take(&mut config.apps);
+        let shared_metrics = shared.metrics.clone();
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
             clock,
             shared,
             upstreams,
             config: tokio::sync::Mutex::new(config),
+            sinks: crate::sinks::Sinks::new(clock, shared_metrics),
         };
         for name in order {
             if let Some(app) = apps.remove(&name) {
@@ -76,6 +80,7 @@ impl Broker {
                 broker.write().insert(name, handle);
             }
         }
+        broker.sinks.sync(&broker.apps()).await;
         broker
     }
 
@@ -149,6 +154,8 @@ impl Broker {
             let handle = self.spawn_app(Arc::new(app)).await;
             self.write().insert(name, handle);
         }
+        // Sinks of removed apps and removed sinks lose their files; unchanged ones are left.
+        self.sinks.sync(&self.apps()).await;
         *current = new;
         report
     }
@@ -194,6 +201,8 @@ impl Broker {
     /// Stops every app at once, letting calls in flight finish within `limit` (so a rotated
     /// refresh token is saved); whatever is still running after that is left to process exit.
     pub async fn stop(&self, limit: std::time::Duration) {
+        // The sink files stay: readers keep working through a restart until they expire.
+        self.sinks.stop().await;
         let apps = std::mem::take(&mut *self.write());
         let mut stopping = tokio::task::JoinSet::new();
         for app in apps.into_values() {
@@ -206,6 +215,11 @@ impl Broker {
                 "calls still in flight at exit are abandoned"
             );
         }
+    }
+
+    /// The file sinks of `app`, for `status` and `/metrics`.
+    pub fn sinks_of(&self, app: &str) -> Vec<crate::sinks::SinkView> {
+        self.sinks.of(app)
     }
 
     /// The daemon's metrics.

@@ -64,6 +64,12 @@ struct TokenBody<'a> {
 /// serialized once per token (escaping a JWT-sized id token is most of a request's work);
 /// each answer splices the current `expires_in` in.
 pub(crate) fn token_response(token: &Token, now: tokio::time::Instant) -> Response<Full<Bytes>> {
+    with_type(token_json(token, now), "application/json")
+}
+
+/// The bytes of the token JSON as of `now`: what the token route answers and what a
+/// `token_json` sink holds (the caller owns the zeroizing of the copy).
+pub(crate) fn token_json(token: &Token, now: tokio::time::Instant) -> Vec<u8> {
     let rendered = token.rendered.get_or_init(|| render(token));
     let expires_in = token.ttl(now).as_secs().to_string();
     let mut bytes =
@@ -71,7 +77,7 @@ pub(crate) fn token_response(token: &Token, now: tokio::time::Instant) -> Respon
     bytes.extend_from_slice(&rendered.before);
     bytes.extend_from_slice(expires_in.as_bytes());
     bytes.extend_from_slice(&rendered.after);
-    with_type(bytes, "application/json")
+    bytes
 }
 
 /// Serializes `token` with a marker for `expires_in` and splits the JSON there.
