@@ -80,7 +80,15 @@ impl Broker {
                 broker.write().insert(name, handle);
             }
         }
-        broker.sinks.sync(&broker.apps()).await;
+        let with_sinks: Vec<_> = broker
+            .apps()
+            .into_iter()
+            .map(|app| {
+                let sinks = app.config.sinks.clone();
+                (app, sinks)
+            })
+            .collect();
+        broker.sinks.sync(&with_sinks).await;
         broker
     }
 
@@ -125,6 +133,10 @@ impl Broker {
         }
         let order = new.start_order();
         let mut apps = std::mem::take(&mut new.apps);
+        let sinks_of: BTreeMap<String, Vec<crate::config::SinkConfig>> = apps
+            .iter()
+            .map(|(name, app)| (name.clone(), app.sinks.clone()))
+            .collect();
         for name in order {
             let Some(app) = apps.remove(&name) else {
                 continue;
@@ -139,7 +151,8 @@ impl Broker {
             };
             let old = self.app(&name);
             match old {
-                Some(old) if *old.config == app && !subject_restarted => {
+                Some(old) if same_but_sinks(&old.config, &app) && !subject_restarted => {
+                    // Unchanged, or only its `[[sink]]` tables changed: it keeps its token.
                     report.unchanged.push(name);
                     continue;
                 }
@@ -155,7 +168,15 @@ impl Broker {
             self.write().insert(name, handle);
         }
         // Sinks of removed apps and removed sinks lose their files; unchanged ones are left.
-        self.sinks.sync(&self.apps()).await;
+        let with_sinks: Vec<_> = self
+            .apps()
+            .into_iter()
+            .map(|app| {
+                let sinks = sinks_of.get(app.name()).cloned().unwrap_or_default();
+                (app, sinks)
+            })
+            .collect();
+        self.sinks.sync(&with_sinks).await;
         *current = new;
         report
     }
@@ -278,6 +299,18 @@ impl Broker {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<AppHandle>>> {
         self.apps.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether `a` and `b` differ at most in their `[[sink]]` tables (which the sink registry
+/// applies without restarting the app).
+fn same_but_sinks(a: &crate::config::AppConfig, b: &crate::config::AppConfig) -> bool {
+    crate::config::AppConfig {
+        sinks: Vec::new(),
+        ..a.clone()
+    } == crate::config::AppConfig {
+        sinks: Vec::new(),
+        ..b.clone()
     }
 }
 

@@ -162,11 +162,15 @@ impl Sinks {
     /// left alone; one whose app was restarted is moved to the new handle and keeps what it
     /// wrote (a file holding the same token is not rewritten); a changed one starts afresh;
     /// the file of a sink no longer configured is removed.
-    pub async fn sync(&self, apps: &[Arc<AppHandle>]) {
+    ///
+    /// `apps` pairs each running app with the sinks its current config lists (an app whose
+    /// only change was its `[[sink]]` tables keeps running, so its handle's config may list
+    /// the old ones).
+    pub async fn sync(&self, apps: &[(Arc<AppHandle>, Vec<SinkConfig>)]) {
         let mut running = self.running.lock().await;
         let mut wanted: BTreeMap<PathBuf, (Arc<AppHandle>, SinkConfig)> = BTreeMap::new();
-        for app in apps {
-            for sink in &app.config.sinks {
+        for (app, sinks) in apps {
+            for sink in sinks {
                 wanted.insert(sink.path.clone(), (app.clone(), sink.clone()));
             }
         }

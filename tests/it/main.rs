@@ -42,6 +42,8 @@ mod secret_files;
 mod soak;
 // Routes, the error envelope and its codes, login body errors.
 mod socket_api;
+// File sinks: contents, modes, owners, atomic rewrites, links, expiry, reload, failures.
+mod sinks;
 // The state dir: rotated refresh tokens survive restarts and SIGKILL; damaged files aside.
 mod state;
 // sd_notify messages in order, socket activation, a second SIGTERM, reload notifications.
