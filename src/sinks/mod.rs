@@ -494,3 +494,6 @@ fn failed(
         at: clock.wall_now(),
     });
 }
+
+#[cfg(test)]
+mod tests;
