@@ -584,3 +584,67 @@ mod as_root {
         );
     }
 }
+
+/// `serve --dev` keeps a sink of the analytics demo app, and its banner shows the `cat`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_writes_a_sink_and_the_banner_shows_it() {
+    use std::io::BufRead;
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--dev"])
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .env_remove("IAMTOKEND_SOCKET")
+        .env_remove("IAMTOKEND_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut socket = None;
+    let mut sink_path = None;
+    for line in std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let line = line.trim().to_owned();
+        if let Some(s) = line.strip_prefix("socket:") {
+            socket = Some(PathBuf::from(s.trim()));
+        }
+        if let Some(rest) = line.strip_prefix("cat ") {
+            sink_path = rest.split_whitespace().next().map(PathBuf::from);
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let (socket, sink_path) = (socket.expect("socket line"), sink_path.expect("cat line"));
+    let client = iamtokend::client::SocketClient::new(&socket);
+    let mut token = None;
+    for _ in 0..200 {
+        if let Ok(a) = client
+            .request(http::Method::GET, "/v1/apps/analytics/token", None)
+            .await
+        {
+            if a.status == 200 {
+                let served = a.body["access_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if std::fs::read_to_string(&sink_path).ok().as_deref() == Some(served.as_str()) {
+                    token = Some(served);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        token.is_some(),
+        "{} never held the analytics token",
+        sink_path.display()
+    );
+    assert_eq!(status.code(), Some(0));
+}
