@@ -512,7 +512,12 @@ fn check_sinks(
     };
     let mut out = Vec::new();
     for sec in tables {
-        sec.unknown_keys(cx, &["path", "content", "mode", "user", "group"]);
+        sec.unknown_keys(
+            cx,
+            &[
+                "path", "content", "mode", "user", "group", "notify", "signal", "pid_file",
+            ],
+        );
         let path = sec.required(cx, "path").and_then(|(s, span)| {
             sink_path(sys, Path::new(s))
                 .map_err(|message| cx.at(&span, message))
@@ -553,22 +558,87 @@ fn check_sinks(
         };
         let user = owner(cx, &sec, "user", &|name| sys.user_id(name));
         let group = owner(cx, &sec, "group", &|name| sys.group_id(name));
-        if let (Some((path, span)), Some(content), Some(mode), Ok(user), Ok(group)) =
-            (path, content, mode, user, group)
+        let notify = sec.command(cx, "notify");
+        let notify_ok = notify.is_some() || !sec.has("notify");
+        let signal = sink_signal(cx, &sec);
+        if let (Some((path, span)), Some(content), Some(mode), Ok(user), Ok(group), Ok(signal)) =
+            (path, content, mode, user, group, signal)
         {
-            out.push((
-                SinkConfig {
-                    path,
-                    content,
-                    mode,
-                    user,
-                    group,
-                },
-                span,
-            ));
+            if notify_ok {
+                out.push((
+                    SinkConfig {
+                        path,
+                        content,
+                        mode,
+                        user,
+                        group,
+                        notify,
+                        signal,
+                    },
+                    span,
+                ));
+            }
         }
     }
     out
+}
+
+/// The signals a sink may send after a write (what readers reload on).
+const SINK_SIGNALS: [(&str, i32); 5] = [
+    ("HUP", libc::SIGHUP),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("INT", libc::SIGINT),
+    ("TERM", libc::SIGTERM),
+];
+
+/// `signal` and `pid_file`: both or neither; `Err(())` after a reported problem.
+fn sink_signal(cx: &mut FileCx<'_>, sec: &Section<'_, '_>) -> Result<Option<SinkSignal>, ()> {
+    let signal = sec.string(cx, "signal");
+    let pid_file = sec.non_empty(cx, "pid_file");
+    match (signal, pid_file) {
+        (None, None) if !sec.has("signal") && !sec.has("pid_file") => Ok(None),
+        (Some((name, span)), Some((pid_file, pid_span))) => {
+            let bare = name.strip_prefix("SIG").unwrap_or(name);
+            let Some((_, number)) = SINK_SIGNALS.iter().find(|(n, _)| *n == bare) else {
+                let names: Vec<&str> = SINK_SIGNALS.iter().map(|(n, _)| *n).collect();
+                cx.at(
+                    &span,
+                    format!("`signal` must be one of {}", names.join(", ")),
+                );
+                return Err(());
+            };
+            if !Path::new(pid_file).is_absolute() {
+                cx.at(
+                    &pid_span,
+                    format!("`pid_file` must be absolute, not {pid_file}"),
+                );
+                return Err(());
+            }
+            Ok(Some(SinkSignal {
+                name: bare.to_string(),
+                number: *number,
+                pid_file: PathBuf::from(pid_file),
+            }))
+        }
+        (Some(_), None) if !sec.has("pid_file") => {
+            if let Some((_, v)) = sec.get("signal") {
+                cx.at(
+                    &v.span(),
+                    "`signal` needs a `pid_file` (whom to send it to)",
+                );
+            }
+            Err(())
+        }
+        (None, Some(_)) if !sec.has("signal") => {
+            if let Some((_, v)) = sec.get("pid_file") {
+                cx.at(&v.span(), "`pid_file` needs a `signal` (what to send)");
+            }
+            Err(())
+        }
+        // A value of the wrong type, already reported.
+        _ => Err(()),
+    }
 }
 
 /// A sink's path: absolute, a file name after its directory, and that directory existing

@@ -618,7 +618,10 @@ fn sinks_are_checked_at_their_values() {
              [[sink]]\npath = \"{r}/out/x\"\ncontent = \"jwt\"\nmode = \"0999\"\nuser = \"bob\"\ngroup = \"nogroup\"\n\
              [[sink]]\npath = \"{r}/state/token\"\ncontent = \"access_token\"\n\
              [[sink]]\npath = \"{r}/out/d.sock\"\ncontent = \"access_token\"\n\
-             [[sink]]\npath = \"{r}/out/token\"\ncontent = \"token_json\"\ncolour = 1\n"
+             [[sink]]\npath = \"{r}/out/token\"\ncontent = \"token_json\"\ncolour = 1\n\
+             [[sink]]\npath = \"{r}/out/n\"\ncontent = \"access_token\"\nsignal = \"WINCH\"\npid_file = \"/p\"\nnotify = []\n\
+             [[sink]]\npath = \"{r}/out/m\"\ncontent = \"access_token\"\nsignal = \"HUP\"\n\
+             [[sink]]\npath = \"{r}/out/o\"\ncontent = \"access_token\"\nsignal = \"SIGHUP\"\npid_file = \"p\"\n"
         ),
     )
     .unwrap();
@@ -638,7 +641,11 @@ fn sinks_are_checked_at_their_values() {
              apps.d/b.toml:25:8: `path` {r}/state/token is inside the state dir {r}/state\n\
              apps.d/b.toml:28:8: `path` {r}/out/d.sock is the daemon's socket\n\
              apps.d/b.toml:31:8: `path` {r}/out/token is already a sink of app `a` (apps.d/a.toml:8:8)\n\
-             apps.d/b.toml:33:1: unknown key `colour` in [sink]"
+             apps.d/b.toml:33:1: unknown key `colour` in [sink]\n\
+             apps.d/b.toml:37:10: `signal` must be one of HUP, USR1, USR2, INT, TERM\n\
+             apps.d/b.toml:39:10: `notify` must be a non-empty array of strings (program first, then its arguments)\n\
+             apps.d/b.toml:43:10: `signal` needs a `pid_file` (whom to send it to)\n\
+             apps.d/b.toml:48:12: `pid_file` must be absolute, not p"
         )
         .replace(&format!("{r}/"), "")
     );

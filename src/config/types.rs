@@ -326,6 +326,21 @@ pub struct SinkConfig {
     pub user: Option<Principal>,
     /// `group`: the file's group (a name resolved at load, or a gid); `None` = the daemon's.
     pub group: Option<Principal>,
+    /// `notify`: argv run after each successful write (no shell).
+    pub notify: Option<Vec<String>>,
+    /// `signal` + `pid_file`: a signal sent after each successful write.
+    pub signal: Option<SinkSignal>,
+}
+
+/// `[[sink]] signal` and `pid_file`: whom to tell that the file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSignal {
+    /// The signal's name without `SIG`, as written ("HUP").
+    pub name: String,
+    /// Its number.
+    pub number: i32,
+    /// `pid_file`: absolute; read anew before each signal.
+    pub pid_file: PathBuf,
 }
 
 /// `[[sink]] content`: what the file holds.

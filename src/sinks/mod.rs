@@ -10,6 +10,7 @@
 //! (path, last write, last error, expiry) is kept for `status` and `/metrics`; nothing here
 //! can stop an app's refresh or its socket answers.
 
+mod notify;
 mod write;
 
 use std::collections::BTreeMap;
@@ -377,25 +378,37 @@ async fn run(
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                 metrics.sink_write(&name, result.is_ok());
-                let mut s = lock(&shared);
-                match result {
-                    Ok(()) => {
-                        if s.status.last_error.is_some() {
-                            info!(app = %name, path = %path.display(), "sink written again");
+                let mut notify_now = false;
+                {
+                    let mut s = lock(&shared);
+                    match result {
+                        Ok(()) => {
+                            if s.status.last_error.is_some() {
+                                info!(app = %name, path = %path.display(), "sink written again");
+                            }
+                            s.written = Some(item.clone());
+                            s.known = true;
+                            s.status.last_write = Some(clock.wall_now());
+                            s.status.last_error = None;
+                            s.status.expires_at = Some(item.expires_at_wall());
+                            failures = 0;
+                            retry_at = None;
+                            notify_now = true;
                         }
-                        s.written = Some(item.clone());
-                        s.known = true;
-                        s.status.last_write = Some(clock.wall_now());
-                        s.status.last_error = None;
-                        s.status.expires_at = Some(item.expires_at_wall());
-                        failures = 0;
-                        retry_at = None;
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            let wait = backoff(failures);
+                            retry_at = Some(now + wait);
+                            failed(&mut s, &name, &path, "write_failed", &e, wait, clock);
+                        }
                     }
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        let wait = backoff(failures);
-                        retry_at = Some(now + wait);
-                        failed(&mut s, &name, &path, "write_failed", &e, wait, clock);
+                }
+                if notify_now {
+                    if let Some(argv) = &sink.notify {
+                        notify::run_notify(&name, &path, argv).await;
+                    }
+                    if let Some(signal) = &sink.signal {
+                        notify::send_signal(&name, &path, signal).await;
                     }
                 }
             }

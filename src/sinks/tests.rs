@@ -93,6 +93,8 @@ async fn a_credentials_sink_refreshes_them_on_a_timer_and_drops_them_at_expiry()
         mode: 0o600,
         user: None,
         group: None,
+        notify: None,
+        signal: None,
     };
     let config = Arc::new(AppConfig {
         name: "app".into(),

@@ -648,3 +648,70 @@ async fn dev_mode_writes_a_sink_and_the_banner_shows_it() {
     );
     assert_eq!(status.code(), Some(0));
 }
+
+/// After each write: the `notify` command runs (argv, the allowlisted environment only, the
+/// sink's path in `IAMTOKEND_SINK`) and `signal` goes to the pid in `pid_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_runs_notify_and_signals_the_pid_file() {
+    let env = TestEnv::new(3600).await;
+    let out = out_dir(&env);
+    let token = out.join("token");
+    let notified = env.path("notified");
+    let hups = env.path("hups");
+    // A reader that counts its SIGHUPs.
+    let mut reader = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
+            hups.display()
+        ))
+        .spawn()
+        .unwrap();
+    let pid_file = env.path("reader.pid");
+    std::fs::write(&pid_file, format!("{}\n", reader.id())).unwrap();
+    env.jwt_app("app");
+    env.append_app(
+        "app",
+        &sink(
+            &token,
+            "access_token",
+            &format!(
+                "notify = [\"/bin/sh\", \"-c\", \"echo \\\"$IAMTOKEND_APP $IAMTOKEND_SINK key=$AWS_SECRET_ACCESS_KEY\\\" >> {}\"]\nsignal = \"HUP\"\npid_file = \"{}\"\n",
+                notified.display(),
+                pid_file.display()
+            ),
+        ),
+    );
+    let daemon = env.daemon().await;
+    daemon.wait_state("app", "ready", 10).await;
+    let lines = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lines(&hups).is_empty() || lines(&notified).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notify/signal: {:?} {:?}\n{}",
+            lines(&notified),
+            lines(&hups),
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A refresh writes again: notified again.
+    daemon.post("/v1/apps/app/refresh", None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lines(&hups).len() < 2 || lines(&notified).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert_eq!(
+        lines(&notified)[0],
+        format!("app {} key=", token.display()),
+        "the daemon's AWS secret is not in the command's environment"
+    );
+}
