@@ -39,8 +39,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// Least wait before asking the credential cache again, so a cache that holds off (after a
 /// failed AssumeRole) is not asked in a tight loop.
 const MIN_CREDENTIALS_WAIT: Duration = Duration::from_secs(1);
-/// How long stopping a sink waits for a write in progress to finish.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long stopping a sink on reload waits for a write (and its `notify`) to finish.
+const STOP_WAIT: Duration = Duration::from_secs(12);
+/// How long shutdown waits for every sink's write in progress, all together.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// What a sink last did, as `status` and `/metrics` show it.
 #[derive(Debug, Clone, Default)]
@@ -239,10 +241,28 @@ impl Sinks {
 
     /// Stops every sink task; the files stay (readers keep working through a restart until
     /// what they hold expires).
+    ///
+    /// All are told at once; what has not finished within [`SHUTDOWN_WAIT`] (a write or a
+    /// `notify` command in progress) is aborted — a temporary file cut short this way is
+    /// removed by the next start.
     pub async fn stop(&self) {
         let running = std::mem::take(&mut *self.running.lock().await);
+        let mut tasks = Vec::new();
         for r in running.into_values() {
-            stop_task(r).await;
+            let _ = r.stop.send(());
+            tasks.push(r.task);
+        }
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_WAIT, all).await.is_err() {
+            warn!("sink writes still in progress at exit are abandoned");
+            for abort in aborts {
+                abort.abort();
+            }
         }
     }
 
