@@ -198,7 +198,7 @@ impl Sinks {
             if same {
                 kept_state.insert(path, shared);
             } else if !wanted.contains_key(&path) {
-                let app = lock(&shared).written.is_some();
+                let held_ours = lock(&shared).written.is_some();
                 let for_remove = path.clone();
                 let removed = tokio::task::spawn_blocking(move || write::remove(&for_remove))
                     .await
@@ -209,7 +209,7 @@ impl Sinks {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        warn!(path = %path.display(), held_ours = app, error = %e, "cannot remove the file of a sink removed from the config")
+                        warn!(path = %path.display(), held_ours, error = %e, "cannot remove the file of a sink removed from the config")
                     }
                 }
             }
