@@ -28,6 +28,8 @@ pub struct Broker {
     /// The config the running apps were started from, without its apps (each app's config is
     /// held once, by its handle); the lock also serializes reloads.
     config: tokio::sync::Mutex<Config>,
+    /// The apps' file sinks, kept in step with the apps at start and on every reload.
+    sinks: crate::sinks::Sinks,
     /// The clock's resume detector ([`Clock::watch_resumes`]), stopped with the broker.
     resume_detector: tokio::task::AbortHandle,
 }
@@ -75,9 +77,11 @@ impl Broker {
             .set_state_sealed(seal.is_some_and(|s| s.sealed));
         let order = config.start_order();
         let mut apps = std::mem::take(&mut config.apps);
+        let shared_metrics = shared.metrics.clone();
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
             resume_detector: tokio::spawn(clock.clone().watch_resumes()).abort_handle(),
+            sinks: crate::sinks::Sinks::new(clock.clone(), shared_metrics),
             clock,
             shared,
             upstreams,
@@ -89,6 +93,15 @@ impl Broker {
                 broker.write().insert(name, handle);
             }
         }
+        let with_sinks: Vec<_> = broker
+            .apps()
+            .into_iter()
+            .map(|app| {
+                let sinks = app.config.sinks.clone();
+                (app, sinks)
+            })
+            .collect();
+        broker.sinks.sync(&with_sinks).await;
         broker
     }
 
@@ -133,6 +146,10 @@ impl Broker {
         }
         let order = new.start_order();
         let mut apps = std::mem::take(&mut new.apps);
+        let sinks_of: BTreeMap<String, Vec<crate::config::SinkConfig>> = apps
+            .iter()
+            .map(|(name, app)| (name.clone(), app.sinks.clone()))
+            .collect();
         for name in order {
             let Some(app) = apps.remove(&name) else {
                 continue;
@@ -147,7 +164,8 @@ impl Broker {
             };
             let old = self.app(&name);
             match old {
-                Some(old) if *old.config == app && !subject_restarted => {
+                Some(old) if same_but_sinks(&old.config, &app) && !subject_restarted => {
+                    // Unchanged, or only its `[[sink]]` tables changed: it keeps its token.
                     report.unchanged.push(name);
                     continue;
                 }
@@ -162,6 +180,16 @@ impl Broker {
             let handle = self.spawn_app(Arc::new(app)).await;
             self.write().insert(name, handle);
         }
+        // Sinks of removed apps and removed sinks lose their files; unchanged ones are left.
+        let with_sinks: Vec<_> = self
+            .apps()
+            .into_iter()
+            .map(|app| {
+                let sinks = sinks_of.get(app.name()).cloned().unwrap_or_default();
+                (app, sinks)
+            })
+            .collect();
+        self.sinks.sync(&with_sinks).await;
         *current = new;
         report
     }
@@ -207,6 +235,8 @@ impl Broker {
     /// Stops every app at once, letting calls in flight finish within `limit` (so a rotated
     /// refresh token is saved); whatever is still running after that is left to process exit.
     pub async fn stop(&self, limit: std::time::Duration) {
+        // The sink files stay: readers keep working through a restart until they expire.
+        self.sinks.stop().await;
         let apps = std::mem::take(&mut *self.write());
         let mut stopping = tokio::task::JoinSet::new();
         for app in apps.into_values() {
@@ -219,6 +249,11 @@ impl Broker {
                 "calls still in flight at exit are abandoned"
             );
         }
+    }
+
+    /// The file sinks of `app`, for `status` and `/metrics`.
+    pub fn sinks_of(&self, app: &str) -> Vec<crate::sinks::SinkView> {
+        self.sinks.of(app)
     }
 
     /// The daemon's metrics.
@@ -285,6 +320,18 @@ impl Broker {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<AppHandle>>> {
         self.apps.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether `a` and `b` differ at most in their `[[sink]]` tables (which the sink registry
+/// applies without restarting the app).
+fn same_but_sinks(a: &crate::config::AppConfig, b: &crate::config::AppConfig) -> bool {
+    crate::config::AppConfig {
+        sinks: Vec::new(),
+        ..a.clone()
+    } == crate::config::AppConfig {
+        sinks: Vec::new(),
+        ..b.clone()
     }
 }
 

@@ -42,6 +42,7 @@ pub mod secret;
 pub mod server;
 pub mod signals;
 pub mod sim;
+pub mod sinks;
 pub mod store;
 pub mod systemd;
 pub mod upstream;

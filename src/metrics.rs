@@ -96,6 +96,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     served_stale: Family<StaleLabels, Counter>,
     state_sealed: Gauge,
+    sink_writes: Family<AppOutcomeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,8 +159,15 @@ impl Metrics {
             "1 when state files are written sealed (AES-256-GCM with the state-key credential), 0 when not",
             state_sealed.clone(),
         );
+        let sink_writes = Family::<AppOutcomeLabels, Counter>::default();
+        registry.register(
+            "sink_writes",
+            "File sink writes by app and outcome (ok, error); a failed write is retried with backoff",
+            sink_writes.clone(),
+        );
         Metrics {
             registry,
+            sink_writes,
             upstream_calls,
             upstream_duration,
             sts_calls,
@@ -242,6 +250,16 @@ impl Metrics {
             .inc();
     }
 
+    /// One file sink write of `app` finished.
+    pub fn sink_write(&self, app: &str, ok: bool) {
+        self.sink_writes
+            .get_or_create(&AppOutcomeLabels {
+                app: app.to_owned(),
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
     /// The exposition: every counter, then the per-app gauges of `apps`.
     pub fn encode(&self, apps: Vec<AppSample>) -> String {
         let mut out = String::with_capacity(4096 + apps.len() * 400);
@@ -276,6 +294,9 @@ pub struct AppSample {
     pub expires_in: Option<f64>,
     /// Consecutive failed attempts (0 after a success).
     pub consecutive_failures: u32,
+    /// The app's file sinks: path and the Unix time what the file holds expires (`None`
+    /// while it holds nothing of ours).
+    pub sinks: Vec<(String, Option<f64>)>,
 }
 
 #[derive(Debug)]
@@ -318,6 +339,20 @@ impl Collector for AppGauges {
             ConstGauge::new(sample.consecutive_failures)
                 .encode(metric.encode_family(&[("app", sample.app.as_str())])?)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "sink_expiry_timestamp",
+            "Unix time at which what a file sink holds expires; absent while it holds nothing.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for sample in &self.0 {
+            for (path, expiry) in &sample.sinks {
+                if let Some(expiry) = expiry {
+                    let labels = [("app", sample.app.as_str()), ("path", path.as_str())];
+                    ConstGauge::new(*expiry).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -342,12 +377,20 @@ mod tests {
         metrics.request("/v1/apps/{app}/token", 200);
         metrics.refresh_done("a", "ok");
         metrics.set_state_sealed(true);
+        metrics.sink_write("a", true);
+        metrics.sink_write("a", false);
+        metrics.sink_write("a", false);
         let text = metrics.encode(vec![AppSample {
             app: "a".into(),
             state: AppState::Failing,
             expires_in: Some(12.5),
             consecutive_failures: 3,
+            sinks: vec![
+                ("/run/a/token".into(), Some(1_800_000_000.0)),
+                ("/run/a/none".into(), None),
+            ],
         }]);
+        assert!(!text.contains("/run/a/none"), "{text}");
         for line in [
             "# TYPE iamtokend_upstream_calls_total counter",
             "iamtokend_upstream_calls_total{app=\"a\",grant=\"jwt_bearer\",outcome=\"ok\"} 1",
@@ -364,6 +407,9 @@ mod tests {
             "iamtokend_refresh_consecutive_failures{app=\"a\"} 3",
             "# TYPE iamtokend_state_sealed gauge",
             "iamtokend_state_sealed 1",
+            "iamtokend_sink_writes_total{app=\"a\",outcome=\"ok\"} 1",
+            "iamtokend_sink_writes_total{app=\"a\",outcome=\"error\"} 2",
+            "iamtokend_sink_expiry_timestamp_seconds{app=\"a\",path=\"/run/a/token\"} 1800000000.0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

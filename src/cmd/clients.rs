@@ -168,6 +168,8 @@ pub fn status_table(apps: &[Value], now: SystemTime) -> String {
         "LAST ERROR",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    // Each row's sink lines, printed under it (one per `[[sink]]`).
+    let mut sink_lines: Vec<Vec<String>> = vec![Vec::new()];
     for app in apps {
         let text = |key: &str| {
             app.get(key)
@@ -202,12 +204,13 @@ pub fn status_table(apps: &[Value], now: SystemTime) -> String {
             when("last_refresh_at"),
             last_error,
         ]);
+        sink_lines.push(sink_rows(app, now));
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for (row, sinks) in rows.into_iter().zip(sink_lines) {
         let line: Vec<String> = row
             .iter()
             .enumerate()
@@ -221,6 +224,10 @@ pub fn status_table(apps: &[Value], now: SystemTime) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+        for sink in sinks {
+            out.push_str(&sink);
+            out.push('\n');
+        }
     }
     out
 }
@@ -239,6 +246,41 @@ fn seal_line(state: Option<&Value>) -> String {
         .and_then(Value::as_str)
         .unwrap_or("?");
     format!("\nstate: sealed ({source})\n")
+}
+
+/// One line per sink of an app row: `  sink PATH (CONTENT): written .., expires .., error`.
+fn sink_rows(app: &Value, now: SystemTime) -> Vec<String> {
+    let Some(sinks) = app.get("sinks").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    sinks
+        .iter()
+        .map(|sink| {
+            let text = |key: &str| sink.get(key).and_then(Value::as_str).unwrap_or("?");
+            let when = |key: &str| {
+                sink.get(key)
+                    .and_then(Value::as_str)
+                    .and_then(|s| humantime::parse_rfc3339(s).ok())
+                    .map(|t| relative(t, now))
+                    .unwrap_or_else(|| "never".into())
+            };
+            let mut line = format!(
+                "  sink {} ({}): written {}, expires {}",
+                text("path"),
+                text("content"),
+                when("last_write_at"),
+                when("expires_at")
+            );
+            if let Some(e) = sink.get("last_error").filter(|e| !e.is_null()) {
+                line.push_str(&format!(
+                    ", last error {}: {}",
+                    e.get("code").and_then(Value::as_str).unwrap_or("?"),
+                    e.get("message").and_then(Value::as_str).unwrap_or("")
+                ));
+            }
+            line
+        })
+        .collect()
 }
 
 fn relative(t: SystemTime, now: SystemTime) -> String {
@@ -263,22 +305,29 @@ mod tests {
         let apps = serde_json::json!([
             {"name": "analytics", "grant": "jwt-bearer", "state": "ready",
              "expires_at": "2026-11-27T01:30:00Z", "next_refresh_at": "2026-11-27T01:15:00Z",
-             "last_refresh_at": "2026-11-27T00:59:58Z", "last_error": null},
+             "last_refresh_at": "2026-11-27T00:59:58Z", "last_error": null,
+             "sinks": [{"path": "/run/a/token", "content": "access_token",
+                        "last_write_at": "2026-11-27T00:59:58Z", "expires_at": "2026-11-27T01:30:00Z",
+                        "last_error": {"code": "write_failed", "message": "/run/a/token: No space left on device", "at": "2026-11-27T00:59:59Z"}}]},
             {"name": "portal", "grant": "authorization-code", "state": "needs_login",
              "expires_at": null, "next_refresh_at": null, "last_refresh_at": null,
              "last_error": {"code": "needs_login", "message": "log in", "at": "2026-11-27T00:59:00Z"}}
         ]);
         let table = status_table(apps.as_array().unwrap(), now);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("APP"));
+        assert_eq!(
+            lines[2],
+            "  sink /run/a/token (access_token): written 2s ago, expires in 30m, last error write_failed: /run/a/token: No space left on device"
+        );
         assert!(
             lines[1].contains("in 30m")
                 && lines[1].contains("in 15m")
                 && lines[1].contains("2s ago"),
             "{table}"
         );
-        assert!(lines[2].contains("needs_login: log in"), "{table}");
+        assert!(lines[3].contains("needs_login: log in"), "{table}");
     }
 
     #[test]

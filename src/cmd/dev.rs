@@ -105,8 +105,9 @@ max_concurrent = 8
         (
             "analytics",
             format!(
-                "{}grant = \"jwt-bearer\"\nscopes = [\"openid\", \"aws\", \"sts:identity_context\"]\nassertion_file = \"../assertion.jwt\"\n\n[role]\narn = \"arn:aws:iam::123456789012:role/DevAnalytics\"\nendpoint_url = \"{endpoint}\"\n",
-                common("analytics")
+                "{}grant = \"jwt-bearer\"\nscopes = [\"openid\", \"aws\", \"sts:identity_context\"]\nassertion_file = \"../assertion.jwt\"\n\n[role]\narn = \"arn:aws:iam::123456789012:role/DevAnalytics\"\nendpoint_url = \"{endpoint}\"\n\n[[sink]]\npath = \"{sink}\"\ncontent = \"access_token\"\n",
+                common("analytics"),
+                sink = dir.join("analytics.token").display()
             ),
         ),
         (
@@ -247,6 +248,7 @@ Try, in another terminal:
   cargo run --release -- credential-process analytics
   curl --unix-socket {s} http://localhost/v1/apps
   curl --unix-socket {s} http://localhost/v1/apps/portal/token
+  cat {dir}/analytics.token        # a file sink, rewritten after every refresh
 
 Ctrl-C stops it and removes {dir}.
 "#,

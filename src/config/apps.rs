@@ -1,6 +1,7 @@
 //! The app files: listing `apps.d/*.toml`, checking each (its common keys here, its grant
-//! in `grant.rs`, then `[aws]`, `[role]` and `[access]`), and the cross-app `subject_app`
-//! checks once all are read.
+//! in `grant.rs`, then `[aws]`, `[role]`, `[access]` and `[[sink]]`), and the cross-app
+//! checks once all are read: `subject_app` links, and sink paths (no two on one path, none
+//! in the state dir or on the socket).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -12,13 +13,14 @@ use super::grant::{check_grant, grant_keys, Declared};
 use super::subjects::SubjectGraph;
 use super::syntax::{
     is_app_name, is_http_url, is_region, is_role_arn, is_session_name, is_sso_application_arn,
+    parse_octal_mode,
 };
 use super::system::System;
 use super::types::*;
 use super::Diagnostic;
 
 /// The top-level keys every app file may have, besides the grant-specific ones.
-const COMMON_KEYS: [&str; 8] = [
+const COMMON_KEYS: [&str; 9] = [
     "client_id",
     "region",
     "grant",
@@ -27,6 +29,7 @@ const COMMON_KEYS: [&str; 8] = [
     "aws",
     "role",
     "access",
+    "sink",
 ];
 
 /// `[role] duration` bounds: what STS `AssumeRole` accepts (15 minutes to 12 hours).
@@ -111,13 +114,35 @@ impl SubjectRef {
     }
 }
 
+/// A `[[sink]] path` and where it was written, for the cross-app checks.
+pub(crate) struct SinkRef {
+    app: String,
+    path: PathBuf,
+    file: PathBuf,
+    line: usize,
+    col: usize,
+}
+
+impl SinkRef {
+    fn diag(&self, message: String) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            line: self.line,
+            col: self.col,
+            message,
+        }
+    }
+}
+
 /// Checks every app file into `apps` (only those without a problem of their own), then
-/// the `subject_app` links across them.
+/// the `subject_app` links across them. Every sink path read goes to `sinks`, for
+/// [`check_sink_paths`].
 pub(crate) fn load_apps(
     files: &[AppFile],
     sys: &dyn System,
     diags: &mut Vec<Diagnostic>,
     apps: &mut BTreeMap<String, AppConfig>,
+    sinks: &mut Vec<SinkRef>,
 ) {
     // Every app file with a valid name counts as existing for `subject_app`, even when it
     // has errors of its own: "does not exist" would then be a second, wrong message.
@@ -152,7 +177,7 @@ pub(crate) fn load_apps(
             continue;
         };
         let root = Section::root(root.get_ref());
-        let (app, subject) = check_app(&mut cx, &root, sys, &display_name, &file.path);
+        let (app, subject) = check_app(&mut cx, &root, sys, &display_name, &file.path, sinks);
         if let Some(name) = &file.name {
             if let Some(subject) = subject {
                 subjects.insert(name.clone(), subject);
@@ -202,6 +227,7 @@ fn check_app(
     sys: &dyn System,
     name: &str,
     file: &Path,
+    sink_refs: &mut Vec<SinkRef>,
 ) -> (Option<AppConfig>, Option<SubjectRef>) {
     let app_dir = file.parent().unwrap_or(Path::new(""));
     let allowed: Vec<&str> = COMMON_KEYS.into_iter().chain(grant_keys()).collect();
@@ -239,6 +265,17 @@ fn check_app(
     let access = root
         .table(cx, "access")
         .map(|sec| check_access(cx, &sec, sys));
+    let sinks = check_sinks(cx, root, sys, role.is_some() || root.has("role"));
+    for (sink, span) in &sinks {
+        let (line, col) = cx.pos(span);
+        sink_refs.push(SinkRef {
+            app: name.to_string(),
+            path: sink.path.clone(),
+            file: file.to_path_buf(),
+            line,
+            col,
+        });
+    }
 
     let app = match (client_id, region, grant) {
         (Some(client_id), Some(region), Some(grant)) => Some(AppConfig {
@@ -252,6 +289,7 @@ fn check_app(
             aws,
             role,
             access,
+            sinks: sinks.into_iter().map(|(sink, _)| sink).collect(),
         }),
         _ => None,
     };
@@ -458,4 +496,283 @@ fn principals(
         }
     }
     out
+}
+
+/// `[[sink]]` tables: each sink and the span of its `path` (for the cross-app checks). A
+/// sink with a problem of its own is reported and left out. `has_role`: whether the app has
+/// a `[role]` (credentials contents need one).
+fn check_sinks(
+    cx: &mut FileCx<'_>,
+    root: &Section<'_, '_>,
+    sys: &dyn System,
+    has_role: bool,
+) -> Vec<(SinkConfig, Range<usize>)> {
+    let Some(tables) = root.tables(cx, "sink") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for sec in tables {
+        sec.unknown_keys(
+            cx,
+            &[
+                "path", "content", "mode", "user", "group", "notify", "signal", "pid_file",
+            ],
+        );
+        let path = sec.required(cx, "path").and_then(|(s, span)| {
+            sink_path(sys, Path::new(s))
+                .map_err(|message| cx.at(&span, message))
+                .ok()
+                .map(|path| (path, span))
+        });
+        let content = sec.required(cx, "content").and_then(|(s, span)| {
+            let Some(content) = SinkContent::ALL.into_iter().find(|c| c.as_str() == s) else {
+                let names: Vec<&str> = SinkContent::ALL.iter().map(|c| c.as_str()).collect();
+                cx.at(
+                    &span,
+                    format!("`content` must be one of {}", names.join(", ")),
+                );
+                return None;
+            };
+            if content.is_credentials() && !has_role {
+                cx.at(
+                    &span,
+                    format!(
+                        "`content = \"{}\"` needs a [role] in this app (role credentials are what it holds)",
+                        content.as_str()
+                    ),
+                );
+                return None;
+            }
+            Some(content)
+        });
+        let mode = match sec.string(cx, "mode") {
+            Some((s, span)) => match parse_octal_mode(s) {
+                Ok(mode) => Some(mode),
+                Err(e) => {
+                    cx.at(&span, format!("`mode` {e}"));
+                    None
+                }
+            },
+            None if sec.has("mode") => None,
+            None => Some(0o600),
+        };
+        let user = owner(cx, &sec, "user", &|name| sys.user_id(name));
+        let group = owner(cx, &sec, "group", &|name| sys.group_id(name));
+        let notify = sec.command(cx, "notify");
+        let notify_ok = notify.is_some() || !sec.has("notify");
+        let signal = sink_signal(cx, &sec);
+        if let (Some((path, span)), Some(content), Some(mode), Ok(user), Ok(group), Ok(signal)) =
+            (path, content, mode, user, group, signal)
+        {
+            if notify_ok {
+                out.push((
+                    SinkConfig {
+                        path,
+                        content,
+                        mode,
+                        user,
+                        group,
+                        notify,
+                        signal,
+                    },
+                    span,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The signals a sink may send after a write (what readers reload on).
+const SINK_SIGNALS: [(&str, i32); 5] = [
+    ("HUP", libc::SIGHUP),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("INT", libc::SIGINT),
+    ("TERM", libc::SIGTERM),
+];
+
+/// `signal` and `pid_file`: both or neither; `Err(())` after a reported problem.
+fn sink_signal(cx: &mut FileCx<'_>, sec: &Section<'_, '_>) -> Result<Option<SinkSignal>, ()> {
+    let signal = sec.string(cx, "signal");
+    let pid_file = sec.non_empty(cx, "pid_file");
+    match (signal, pid_file) {
+        (None, None) if !sec.has("signal") && !sec.has("pid_file") => Ok(None),
+        (Some((name, span)), Some((pid_file, pid_span))) => {
+            let bare = name.strip_prefix("SIG").unwrap_or(name);
+            let Some((_, number)) = SINK_SIGNALS.iter().find(|(n, _)| *n == bare) else {
+                let names: Vec<&str> = SINK_SIGNALS.iter().map(|(n, _)| *n).collect();
+                cx.at(
+                    &span,
+                    format!("`signal` must be one of {}", names.join(", ")),
+                );
+                return Err(());
+            };
+            if !Path::new(pid_file).is_absolute() {
+                cx.at(
+                    &pid_span,
+                    format!("`pid_file` must be absolute, not {pid_file}"),
+                );
+                return Err(());
+            }
+            Ok(Some(SinkSignal {
+                name: bare.to_string(),
+                number: *number,
+                pid_file: PathBuf::from(pid_file),
+            }))
+        }
+        (Some(_), None) if !sec.has("pid_file") => {
+            if let Some((_, v)) = sec.get("signal") {
+                cx.at(
+                    &v.span(),
+                    "`signal` needs a `pid_file` (whom to send it to)",
+                );
+            }
+            Err(())
+        }
+        (None, Some(_)) if !sec.has("signal") => {
+            if let Some((_, v)) = sec.get("pid_file") {
+                cx.at(&v.span(), "`pid_file` needs a `signal` (what to send)");
+            }
+            Err(())
+        }
+        // A value of the wrong type, already reported.
+        _ => Err(()),
+    }
+}
+
+/// A sink's path: absolute, a file name after its directory, and that directory existing
+/// and not writable by everyone (anyone could then replace what readers find there).
+fn sink_path(sys: &dyn System, path: &Path) -> Result<PathBuf, String> {
+    if !path.is_absolute() {
+        return Err(format!("`path` must be absolute, not {}", path.display()));
+    }
+    let (Some(dir), Some(_)) = (path.parent(), path.file_name()) else {
+        return Err(format!("`path` {} names no file", path.display()));
+    };
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/")
+        || path.ends_with(".")
+        || path.ends_with("..")
+    {
+        return Err(format!("`path` {} names no file", path.display()));
+    }
+    match sys.dir_mode(dir) {
+        Ok(Some(mode)) if mode & 0o002 != 0 => Err(format!(
+            "the directory {} of `path` is writable by everyone (mode {:04o}); use a directory only the readers' owner can write",
+            dir.display(),
+            mode
+        )),
+        Ok(Some(_)) => Ok(path.to_path_buf()),
+        Ok(None) => Err(format!(
+            "the directory {} of `path` is not a directory",
+            dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "the directory {} of `path` does not exist",
+            dir.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot check the directory {} of `path`: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// A sink's `user` / `group`: a name resolved now (like `[access]`), or a numeric id taken
+/// as written. `Ok(None)` when absent; `Err(())` after a reported problem.
+fn owner(
+    cx: &mut FileCx<'_>,
+    sec: &Section<'_, '_>,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Result<Option<u32>, String>,
+) -> Result<Option<Principal>, ()> {
+    let Some((_, value)) = sec.get(key) else {
+        return Ok(None);
+    };
+    if let Ok(id) = integer_value(value.get_ref()) {
+        return match u32::try_from(id) {
+            Ok(id) => Ok(Some(Principal {
+                name: id.to_string(),
+                id,
+            })),
+            Err(_) => {
+                cx.at(&value.span(), format!("`{key}` is out of range"));
+                Err(())
+            }
+        };
+    }
+    let Some(name) = value.get_ref().as_str().filter(|s| !s.is_empty()) else {
+        cx.at(
+            &value.span(),
+            format!("`{key}` must be a {key} name or a numeric id"),
+        );
+        return Err(());
+    };
+    match lookup(name) {
+        Ok(Some(id)) => Ok(Some(Principal {
+            name: name.to_string(),
+            id,
+        })),
+        Ok(None) => {
+            cx.at(
+                &value.span(),
+                format!("{key} `{}` does not exist", name.escape_debug()),
+            );
+            Err(())
+        }
+        Err(e) => {
+            cx.at(
+                &value.span(),
+                format!("cannot look up {key} `{}`: {e}", name.escape_debug()),
+            );
+            Err(())
+        }
+    }
+}
+
+/// The whole-config sink checks: no two sinks (in any apps) on one path, none inside the
+/// state dir, none on the socket. Each problem is reported at the later sink's `path`.
+pub(crate) fn check_sink_paths(
+    sinks: &[SinkRef],
+    socket: &Path,
+    state_dir: &Path,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    // The directory resolved through links, so `/run/x/../y` or a linked dir still matches.
+    let resolved = |p: &Path| match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) => canonical(dir).join(name),
+        _ => p.to_path_buf(),
+    };
+    let socket = resolved(socket);
+    let state_dir = canonical(state_dir);
+    let mut seen: BTreeMap<PathBuf, &SinkRef> = BTreeMap::new();
+    for sink in sinks {
+        let path = resolved(&sink.path);
+        if path == socket {
+            diags.push(sink.diag(format!(
+                "`path` {} is the daemon's socket",
+                sink.path.display()
+            )));
+        } else if path.starts_with(&state_dir) {
+            diags.push(sink.diag(format!(
+                "`path` {} is inside the state dir {}",
+                sink.path.display(),
+                state_dir.display()
+            )));
+        }
+        match seen.get(&path) {
+            Some(first) => diags.push(sink.diag(format!(
+                "`path` {} is already a sink of app `{}` ({}:{}:{})",
+                sink.path.display(),
+                first.app,
+                first.file.display(),
+                first.line,
+                first.col
+            ))),
+            None => {
+                seen.insert(path, sink);
+            }
+        }
+    }
 }

@@ -212,6 +212,38 @@ impl<'t, 'i> Section<'t, 'i> {
         }
     }
 
+    /// An array of tables (`[[key]]`): one section per element, each named `key` in
+    /// messages; `None` when absent or (reported) not an array of tables.
+    pub(crate) fn tables(
+        &self,
+        cx: &mut FileCx<'_>,
+        key: &'static str,
+    ) -> Option<Vec<Section<'t, 'i>>> {
+        let (_, value) = self.get(key)?;
+        let DeValue::Array(array) = value.get_ref() else {
+            cx.at(
+                &value.span(),
+                format!("`{key}` must be an array of tables ([[{key}]])"),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in array.iter() {
+            match item.get_ref() {
+                DeValue::Table(table) => out.push(Section {
+                    table,
+                    span: item.span(),
+                    name: Some(key),
+                }),
+                _ => cx.at(
+                    &item.span(),
+                    format!("`{key}` must be an array of tables ([[{key}]])"),
+                ),
+            }
+        }
+        Some(out)
+    }
+
     /// A string value and its span.
     pub(crate) fn string(&self, cx: &mut FileCx<'_>, key: &str) -> Option<(&'t str, Range<usize>)> {
         let (_, value) = self.get(key)?;

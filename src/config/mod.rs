@@ -146,7 +146,15 @@ fn check_all(main_file: &Path, sys: &dyn System) -> Result<Config, Vec<Diagnosti
     let mut apps = BTreeMap::new();
     if let Some(apps_dir) = &main.apps_dir {
         let app_files = apps::list_app_files(&mut cx, apps_dir, main.apps_dir_span.clone());
-        apps::load_apps(&app_files, sys, &mut diags, &mut apps);
+        let mut sinks = Vec::new();
+        apps::load_apps(&app_files, sys, &mut diags, &mut apps, &mut sinks);
+        let env = sys.env();
+        apps::check_sink_paths(
+            &sinks,
+            &paths::socket_path(main.server.socket.as_deref(), &env),
+            &paths::state_dir(main.state.dir.as_deref(), &env),
+            &mut diags,
+        );
     }
 
     if !diags.is_empty() {

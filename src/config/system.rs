@@ -1,5 +1,7 @@
 //! The system look-ups config loading makes beyond its own files: the user and group
-//! database for `[access] users` / `groups`, and the PEM bundle a `[aws] ca_bundle` names.
+//! database for `[access] users` / `groups` and `[[sink]] user` / `group`, the PEM bundle a
+//! `[aws] ca_bundle` names, a sink's directory, and the environment the default socket and
+//! state dir come from (a sink may not be either).
 //! All of them go through [`System`], so a test can load a config against a made-up host
 //! (users that do not exist here, a look-up that fails, a bundle that cannot be read);
 //! [`Host`] is the real one `config::load` uses.
@@ -16,6 +18,11 @@ pub(crate) trait System {
     fn group_id(&self, name: &str) -> Result<Option<u32>, String>;
     /// The bytes of the `ca_bundle` file at `path`.
     fn read_ca_bundle(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// The permission bits of directory `dir` (following links); `Ok(None)` when it exists
+    /// but is not a directory.
+    fn dir_mode(&self, dir: &Path) -> std::io::Result<Option<u32>>;
+    /// The environment `paths::socket_path` / `paths::state_dir` resolve defaults from.
+    fn env(&self) -> super::paths::Env;
 }
 
 /// The real host: NSS (`getpwnam_r` / `getgrnam_r` through nix, as `id NAME` sees it) and
@@ -37,5 +44,15 @@ impl System for Host {
 
     fn read_ca_bundle(&self, path: &Path) -> std::io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn dir_mode(&self, dir: &Path) -> std::io::Result<Option<u32>> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir)?;
+        Ok(meta.is_dir().then(|| meta.permissions().mode() & 0o7777))
+    }
+
+    fn env(&self) -> super::paths::Env {
+        super::paths::Env::from_process()
     }
 }

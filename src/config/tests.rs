@@ -339,6 +339,14 @@ impl System for FakeHost {
     fn read_ca_bundle(&self, _path: &Path) -> std::io::Result<Vec<u8>> {
         Err(std::io::Error::other("fake read error"))
     }
+
+    fn dir_mode(&self, dir: &Path) -> std::io::Result<Option<u32>> {
+        super::system::Host.dir_mode(dir)
+    }
+
+    fn env(&self) -> paths::Env {
+        paths::Env::for_test(&[], false, Path::new("/home/fake"))
+    }
 }
 
 /// The `[access]` names and the `ca_bundle` go through the [`System`] seam: a fake host's
@@ -553,4 +561,99 @@ mod proptests {
             prop_assert_eq!(access.groups[0].id, 0);
         }
     }
+}
+
+/// `[[sink]]`: every value read back, and each problem at its value (relative path, a
+/// missing or world-writable directory, a bad mode or content, a credentials content
+/// without `[role]`, unknown owner names) and the whole-config ones (two sinks on one path
+/// across apps, a sink in the state dir or on the socket).
+#[test]
+fn sinks_are_checked_at_their_values() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("apps.d")).unwrap();
+    std::fs::create_dir(root.join("out")).unwrap();
+    std::fs::create_dir(root.join("open")).unwrap();
+    std::fs::set_permissions(root.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir(root.join("state")).unwrap();
+    let r = root.display();
+    let main = root.join("iamtokend.toml");
+    std::fs::write(
+        &main,
+        format!("[server]\nsocket = \"{r}/out/d.sock\"\n[state]\ndir = \"{r}/state\"\n"),
+    )
+    .unwrap();
+    let head = "client_id = \"arn:aws:sso::123456789012:application/ssoins-1/apl-2\"\n\
+                region = \"us-east-1\"\ngrant = \"jwt-bearer\"\nassertion_file = \"/a\"\n";
+    let role = "[role]\narn = \"arn:aws:iam::123456789012:role/R\"\n";
+    std::fs::write(
+        root.join("apps.d/a.toml"),
+        format!(
+            "{head}{role}[[sink]]\npath = \"{r}/out/token\"\ncontent = \"access_token\"\n\
+             [[sink]]\npath = \"{r}/out/creds\"\ncontent = \"aws_credentials\"\nmode = \"0640\"\n\
+             user = \"alice\"\ngroup = 777\n"
+        ),
+    )
+    .unwrap();
+    let config = load_with(&main, &FakeHost).unwrap_or_else(|d| panic!("{d}"));
+    let sinks = &config.apps["a"].sinks;
+    assert_eq!(sinks.len(), 2);
+    assert_eq!(
+        (sinks[0].content, sinks[0].mode, &sinks[0].user),
+        (SinkContent::AccessToken, 0o600, &None)
+    );
+    assert_eq!(sinks[1].path, root.join("out/creds"));
+    assert_eq!(
+        (
+            sinks[1].content,
+            sinks[1].mode,
+            sinks[1].user.as_ref().map(|u| u.id),
+            sinks[1].group.as_ref().map(|g| g.id)
+        ),
+        (SinkContent::AwsCredentials, 0o640, Some(4242), Some(777))
+    );
+
+    // Each line of the sink tables below, 1-based: line 5 is the first `[[sink]]`.
+    std::fs::write(
+        root.join("apps.d/b.toml"),
+        format!(
+            "{head}[[sink]]\npath = \"relative/token\"\ncontent = \"access_token\"\n\
+             [[sink]]\npath = \"{r}/missing/token\"\ncontent = \"token_json\"\n\
+             [[sink]]\npath = \"{r}/open/token\"\ncontent = \"token_json\"\n\
+             [[sink]]\npath = \"{r}/out/token\"\ncontent = \"credentials_json\"\nmode = \"644\"\n\
+             [[sink]]\npath = \"{r}/out/x\"\ncontent = \"jwt\"\nmode = \"0999\"\nuser = \"bob\"\ngroup = \"nogroup\"\n\
+             [[sink]]\npath = \"{r}/state/token\"\ncontent = \"access_token\"\n\
+             [[sink]]\npath = \"{r}/out/d.sock\"\ncontent = \"access_token\"\n\
+             [[sink]]\npath = \"{r}/out/token\"\ncontent = \"token_json\"\ncolour = 1\n\
+             [[sink]]\npath = \"{r}/out/n\"\ncontent = \"access_token\"\nsignal = \"WINCH\"\npid_file = \"/p\"\nnotify = []\n\
+             [[sink]]\npath = \"{r}/out/m\"\ncontent = \"access_token\"\nsignal = \"HUP\"\n\
+             [[sink]]\npath = \"{r}/out/o\"\ncontent = \"access_token\"\nsignal = \"SIGHUP\"\npid_file = \"p\"\n"
+        ),
+    )
+    .unwrap();
+    let diags = load_with(&main, &FakeHost).unwrap_err();
+    let got = relative(&diags, root);
+    assert_eq!(
+        got,
+        format!(
+            "apps.d/b.toml:6:8: `path` must be absolute, not relative/token\n\
+             apps.d/b.toml:9:8: the directory {r}/missing of `path` does not exist\n\
+             apps.d/b.toml:12:8: the directory {r}/open of `path` is writable by everyone (mode 0777); use a directory only the readers' owner can write\n\
+             apps.d/b.toml:16:11: `content = \"credentials_json\"` needs a [role] in this app (role credentials are what it holds)\n\
+             apps.d/b.toml:20:11: `content` must be one of access_token, token_json, credentials_json, aws_credentials\n\
+             apps.d/b.toml:21:8: `mode` must be an octal string like \"0660\"\n\
+             apps.d/b.toml:22:8: user `bob` does not exist\n\
+             apps.d/b.toml:23:9: group `nogroup` does not exist\n\
+             apps.d/b.toml:25:8: `path` {r}/state/token is inside the state dir {r}/state\n\
+             apps.d/b.toml:28:8: `path` {r}/out/d.sock is the daemon's socket\n\
+             apps.d/b.toml:31:8: `path` {r}/out/token is already a sink of app `a` (apps.d/a.toml:8:8)\n\
+             apps.d/b.toml:33:1: unknown key `colour` in [sink]\n\
+             apps.d/b.toml:37:10: `signal` must be one of HUP, USR1, USR2, INT, TERM\n\
+             apps.d/b.toml:39:10: `notify` must be a non-empty array of strings (program first, then its arguments)\n\
+             apps.d/b.toml:43:10: `signal` needs a `pid_file` (whom to send it to)\n\
+             apps.d/b.toml:48:12: `pid_file` must be absolute, not p"
+        )
+        .replace(&format!("{r}/"), "")
+    );
 }

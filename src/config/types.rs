@@ -121,6 +121,8 @@ pub struct AppConfig {
     pub role: Option<RoleConfig>,
     /// `[access]`, when present (it is then the whole list).
     pub access: Option<AccessConfig>,
+    /// `[[sink]]` tables, in file order (CONTRACT §3, §7).
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// The grant an app runs, with the keys that belong to it.
@@ -333,4 +335,75 @@ pub struct Principal {
     pub name: String,
     /// The uid or gid it named when the config was loaded.
     pub id: u32,
+}
+
+/// One `[[sink]]`: a file kept current with the app's token or role credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// `path`: absolute; its directory exists and is not world-writable (checked at load).
+    pub path: PathBuf,
+    /// `content`.
+    pub content: SinkContent,
+    /// `mode`, parsed from its octal string. Default 0o600.
+    pub mode: u32,
+    /// `user`: the file's owner (a name resolved at load, or a uid); `None` = the daemon's.
+    pub user: Option<Principal>,
+    /// `group`: the file's group (a name resolved at load, or a gid); `None` = the daemon's.
+    pub group: Option<Principal>,
+    /// `notify`: argv run after each successful write (no shell).
+    pub notify: Option<Vec<String>>,
+    /// `signal` + `pid_file`: a signal sent after each successful write.
+    pub signal: Option<SinkSignal>,
+}
+
+/// `[[sink]] signal` and `pid_file`: whom to tell that the file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSignal {
+    /// The signal's name without `SIG`, as written ("HUP").
+    pub name: String,
+    /// Its number.
+    pub number: i32,
+    /// `pid_file`: absolute; read anew before each signal.
+    pub pid_file: PathBuf,
+}
+
+/// `[[sink]] content`: what the file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkContent {
+    /// The access token alone, no newline.
+    AccessToken,
+    /// The socket's token JSON.
+    TokenJson,
+    /// The credential_process JSON (needs `[role]`).
+    CredentialsJson,
+    /// An INI file with a `[default]` profile, for `AWS_SHARED_CREDENTIALS_FILE` (needs `[role]`).
+    AwsCredentials,
+}
+
+impl SinkContent {
+    /// Every content, in the order messages list them.
+    pub const ALL: [SinkContent; 4] = [
+        SinkContent::AccessToken,
+        SinkContent::TokenJson,
+        SinkContent::CredentialsJson,
+        SinkContent::AwsCredentials,
+    ];
+
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkContent::AccessToken => "access_token",
+            SinkContent::TokenJson => "token_json",
+            SinkContent::CredentialsJson => "credentials_json",
+            SinkContent::AwsCredentials => "aws_credentials",
+        }
+    }
+
+    /// Whether the file holds role credentials (and so needs `[role]`).
+    pub fn is_credentials(self) -> bool {
+        matches!(
+            self,
+            SinkContent::CredentialsJson | SinkContent::AwsCredentials
+        )
+    }
 }

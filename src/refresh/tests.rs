@@ -91,6 +91,7 @@ fn app(grant: Grant) -> Arc<AppConfig> {
         aws: AwsConfig::default(),
         role: None,
         access: None,
+        sinks: Vec::new(),
     })
 }
 

@@ -136,6 +136,22 @@ async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
             continue;
         }
         let snap = app.snapshot();
+        let sinks: Vec<Value> = ctx
+            .broker
+            .sinks_of(app.name())
+            .into_iter()
+            .map(|sink| {
+                json!({
+                    "path": sink.path.display().to_string(),
+                    "content": sink.content.as_str(),
+                    "last_write_at": sink.status.last_write.map(rfc3339),
+                    "expires_at": sink.status.expires_at.map(rfc3339),
+                    "last_error": sink.status.last_error.as_ref().map(|e| json!({
+                        "code": e.code, "message": e.message, "at": rfc3339(e.at)
+                    })),
+                })
+            })
+            .collect();
         apps.push(json!({
             "name": app.name(),
             "grant": app.config.grant.kind().as_str(),
@@ -146,6 +162,7 @@ async fn list_apps(ctx: &Ctx, peer: &Peer) -> Response<Full<Bytes>> {
             "last_error": snap.last_error.as_ref().map(|e| json!({
                 "code": e.code, "message": e.message, "at": rfc3339(e.at)
             })),
+            "sinks": sinks,
         }));
     }
     let state = ctx.broker.seal_status().to_json();
@@ -165,6 +182,17 @@ fn metrics_response(broker: &Broker) -> Response<Full<Bytes>> {
                 state: snap.effective_state(now),
                 expires_in: snap.token.as_ref().map(|t| t.ttl(now).as_secs_f64()),
                 consecutive_failures: snap.consecutive_failures,
+                sinks: broker
+                    .sinks_of(app.name())
+                    .into_iter()
+                    .map(|sink| {
+                        let expiry = sink.status.expires_at.map(|at| {
+                            at.duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| d.as_secs_f64())
+                        });
+                        (sink.path.display().to_string(), expiry)
+                    })
+                    .collect(),
             }
         })
         .collect();

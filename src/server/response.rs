@@ -67,6 +67,12 @@ pub(crate) fn token_response(
     token: &Token,
     now: crate::clock::BootInstant,
 ) -> Response<Full<Bytes>> {
+    with_type(token_json(token, now), "application/json")
+}
+
+/// The bytes of the token JSON as of `now`: what the token route answers and what a
+/// `token_json` sink holds (the caller owns the zeroizing of the copy).
+pub(crate) fn token_json(token: &Token, now: crate::clock::BootInstant) -> Vec<u8> {
     let rendered = token.rendered.get_or_init(|| render(token));
     let expires_in = token.ttl(now).as_secs().to_string();
     let mut bytes =
@@ -74,7 +80,7 @@ pub(crate) fn token_response(
     bytes.extend_from_slice(&rendered.before);
     bytes.extend_from_slice(expires_in.as_bytes());
     bytes.extend_from_slice(&rendered.after);
-    with_type(bytes, "application/json")
+    bytes
 }
 
 /// Serializes `token` with a marker for `expires_in` and splits the JSON there.

@@ -205,6 +205,7 @@ mod tests {
             aws: AwsConfig::default(),
             role: None,
             access: None,
+            sinks: Vec::new(),
         });
         let shared = Shared::new(
             crate::clock::Clock::system(),

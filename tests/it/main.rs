@@ -46,6 +46,8 @@ mod soak;
 mod socket_api;
 // Simulated suspends (debug builds' test control): no dead token served, refresh on resume.
 mod suspend;
+// File sinks: contents, modes, owners, atomic rewrites, links, expiry, reload, failures.
+mod sinks;
 // The state dir: rotated refresh tokens survive restarts and SIGKILL; damaged files aside.
 mod state;
 // `[state] seal`: sealed state files, restart, another key, tampering, migration, the key's checks.
