@@ -28,6 +28,8 @@ pub struct Broker {
     /// The config the running apps were started from, without its apps (each app's config is
     /// held once, by its handle); the lock also serializes reloads.
     config: tokio::sync::Mutex<Config>,
+    /// Each `[role]` app's credentials-endpoint token, kept in step with the apps.
+    endpoints: crate::endpoint::EndpointTokens,
 }
 
 /// What a reload did, for the log and for tests.
@@ -62,6 +64,7 @@ impl Broker {
             Arc::new(Metrics::new()),
         );
         let order = config.start_order();
+        let roles = roles_of(&config);
         let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
@@ -69,7 +72,9 @@ impl Broker {
             shared,
             upstreams,
             config: tokio::sync::Mutex::new(config),
+            endpoints: crate::endpoint::EndpointTokens::default(),
         };
+        broker.sync_endpoints(roles).await;
         for name in order {
             if let Some(app) = apps.remove(&name) {
                 let handle = broker.spawn_app(Arc::new(app)).await;
@@ -118,6 +123,8 @@ impl Broker {
                 report.removed.push(name);
             }
         }
+        // Before the apps restart: a client may read a new app's endpoint at once.
+        self.sync_endpoints(roles_of(&new)).await;
         let order = new.start_order();
         let mut apps = std::mem::take(&mut new.apps);
         for name in order {
@@ -208,6 +215,22 @@ impl Broker {
         }
     }
 
+    /// The credentials endpoint's tokens and address (CONTRACT §5b).
+    pub fn endpoints(&self) -> &crate::endpoint::EndpointTokens {
+        &self.endpoints
+    }
+
+    async fn sync_endpoints(&self, roles: Vec<(String, Option<String>)>) {
+        let wall_secs = self
+            .clock
+            .wall_now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.endpoints
+            .sync(roles, self.shared.store.clone(), wall_secs)
+            .await;
+    }
+
     /// The daemon's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
@@ -286,6 +309,18 @@ fn resize(permits: &Arc<Semaphore>, old: usize, new: usize) {
             });
         }
     }
+}
+
+/// Each app's name and its `[role]`'s fingerprint (what keeps its endpoint token).
+fn roles_of(config: &Config) -> Vec<(String, Option<String>)> {
+    config
+        .apps
+        .values()
+        .map(|app| {
+            let role = app.role.as_ref().map(crate::endpoint::role_fingerprint);
+            (app.name.clone(), role)
+        })
+        .collect()
 }
 
 /// `[refresh]` as the policy functions take it.

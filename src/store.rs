@@ -24,6 +24,8 @@ use zeroize::Zeroizing;
 
 use crate::secret::Secret;
 
+mod endpoint;
+
 /// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
 pub const MAX_STATE_BYTES: usize = 64 * 1024;
 
