@@ -703,3 +703,114 @@ async fn a_non_loopback_address_is_refused() {
         assert_eq!(status.code(), Some(1), "serve refuses to start");
     }
 }
+
+/// Dev mode: the endpoint is on, the banner names this binary and shows `exec` and the
+/// `get-caller-identity` line, and that line's call works (through botocore when there is a
+/// Python with boto3, else through aws-config's ECS provider, both via `exec`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_the_endpoint_and_its_banner_line_works() {
+    use std::io::BufRead;
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--dev"])
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .env_remove("IAMTOKEND_SOCKET")
+        .env_remove("IAMTOKEND_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let banner: Vec<String> = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("Ctrl-C"))
+        .collect();
+    let banner = banner.join("\n");
+    let socket = banner
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("socket:")
+                .map(|s| s.trim().to_owned())
+        })
+        .expect("banner names the socket");
+    let caller_line = banner
+        .lines()
+        .find(|l| l.contains("get-caller-identity"))
+        .unwrap_or_else(|| panic!("{banner}"));
+    let sim = caller_line
+        .split_once("--endpoint-url ")
+        .map(|(_, url)| url.trim().to_owned())
+        .unwrap();
+    assert!(
+        caller_line.contains(&format!(
+            "{} exec analytics -- aws sts get-caller-identity",
+            bin()
+        )),
+        "names the running binary: {caller_line}"
+    );
+    assert!(!banner.contains("cargo run"), "{banner}");
+
+    let client = iamtokend::client::SocketClient::new(std::path::Path::new(&socket));
+    let mut endpoint = None;
+    for _ in 0..200 {
+        if let Ok(a) = client
+            .request(http::Method::GET, "/v1/apps/analytics/endpoint", None)
+            .await
+        {
+            if a.status == 200 {
+                endpoint = Some(a.body);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let endpoint = endpoint.expect("the endpoint is on in dev mode");
+    assert!(endpoint["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+
+    let me = std::env::current_exe().unwrap();
+    let (program, args): (String, Vec<String>) = match test_python() {
+        Some(python) => (
+            python.display().to_string(),
+            vec![
+                "-c".into(),
+                "import boto3, sys; print('CALLER', boto3.client('sts', endpoint_url=sys.argv[1], region_name='us-east-1').get_caller_identity()['Arn'])".into(),
+                sim.clone(),
+            ],
+        ),
+        None => (
+            me.display().to_string(),
+            ["--exact", "endpoint::ecs_provider_child", "--ignored", "--nocapture"]
+                .map(String::from)
+                .to_vec(),
+        ),
+    };
+    let out = tokio::process::Command::new(bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["exec", "analytics", "--", &program])
+        .args(&args)
+        .env("IAMTOKEND_TEST_SIM", &sim)
+        .env("AWS_CONFIG_FILE", runtime_dir.path().join("no-aws-config"))
+        .output()
+        .await
+        .unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("arn:aws:sts::123456789012:assumed-role/DevAnalytics/iamtokend-analytics"),
+        "{stdout}"
+    );
+    assert_eq!(status.code(), Some(0));
+}
