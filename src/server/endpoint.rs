@@ -34,6 +34,10 @@ use crate::broker::Broker;
 /// `connection: close`.
 pub const MAX_TOKEN_FAILURES: u32 = 3;
 
+/// The metrics `route` label of every request on the port, whatever it asked: the port's one
+/// route, told apart from the socket's.
+pub const ROUTE_LABEL: &str = "tcp:/v1/apps/{app}/credentials";
+
 /// The one slot key: TCP peers have no uid, so the endpoint's own slots are one share.
 const TCP_PEERS: u32 = u32::MAX;
 
@@ -110,11 +114,15 @@ enum Refusal {
 
 impl Answer for EndpointRequests {
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        match self.credentials(&request).await {
+        let answer = match self.credentials(&request).await {
             Ok(answer) => answer,
             Err(Refusal::Answer(e)) => error_response(e),
             Err(Refusal::Close(e)) => closing(error_response(e)),
-        }
+        };
+        self.broker
+            .metrics()
+            .request(ROUTE_LABEL, answer.status().as_u16());
+        answer
     }
 
     fn refused_busy(&self) {

@@ -532,6 +532,17 @@ async fn the_port_answers_only_the_right_token() {
     assert_eq!(answer.matches("HTTP/1.1 403").count(), 3, "{answer}");
     assert!(!answer.contains("AccessKeyId"), "{answer}");
     assert!(!daemon.logs().contains(&token), "the token is never logged");
+    let (_, status) = daemon.get("/v1/apps").await;
+    assert!(!status.to_string().contains(&token), "nor in the apps list");
+    let metrics = crate::support::raw_http::get_on_socket(&daemon.socket, "/metrics").await;
+    assert!(!metrics.body.contains(&token), "nor in the metrics");
+    assert!(
+        metrics
+            .body
+            .contains(r#"route="tcp:/v1/apps/{app}/credentials",status="403""#),
+        "refusals on the port are counted: {}",
+        metrics.body
+    );
 }
 
 /// Garbage and an oversize head on the TCP port get clean refusals, and the daemon still
