@@ -64,7 +64,7 @@ impl Broker {
             Arc::new(Metrics::new()),
         );
         let order = config.start_order();
-        let roles = roles_of(&config);
+        let roles = roles_of(&config, config.server.credentials_listen.is_some());
         let mut apps = std::mem::take(&mut config.apps);
         let broker = Broker {
             apps: RwLock::new(BTreeMap::new()),
@@ -118,13 +118,19 @@ impl Broker {
                 }
                 if let Some(store) = self.shared.store.clone() {
                     let app = name.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.remove(&app)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.remove(&app);
+                        store.remove_endpoint_token(&app);
+                    })
+                    .await;
                 }
                 report.removed.push(name);
             }
         }
         // Before the apps restart: a client may read a new app's endpoint at once.
-        self.sync_endpoints(roles_of(&new)).await;
+        // `[server]` applies at restart: the running config says whether the endpoint is on.
+        let enabled = current.server.credentials_listen.is_some();
+        self.sync_endpoints(roles_of(&new, enabled)).await;
         let order = new.start_order();
         let mut apps = std::mem::take(&mut new.apps);
         for name in order {
@@ -311,8 +317,12 @@ fn resize(permits: &Arc<Semaphore>, old: usize, new: usize) {
     }
 }
 
-/// Each app's name and its `[role]`'s fingerprint (what keeps its endpoint token).
-fn roles_of(config: &Config) -> Vec<(String, Option<String>)> {
+/// Each app's name and its `[role]`'s fingerprint (what keeps its endpoint token); none at
+/// all while the endpoint is off, so no token is made (and no saved one touched) for nothing.
+fn roles_of(config: &Config, endpoint_on: bool) -> Vec<(String, Option<String>)> {
+    if !endpoint_on {
+        return Vec::new();
+    }
     config
         .apps
         .values()

@@ -426,10 +426,18 @@ async fn exec_refuses_without_an_endpoint_or_a_role() {
         (status, body["error"]["code"].as_str()),
         (409, Some("no_role"))
     );
+    let saved = env.path("state/analytics@endpoint.json");
+    let before = std::fs::read(&saved).unwrap();
+    assert!(
+        !env.path("state/plain@endpoint.json").exists(),
+        "no token without a role"
+    );
     drop(daemon);
 
+    // The endpoint off: no token handed out, and the saved one is left as it was.
     write_main(&env, None);
     let daemon = env.daemon().await;
+    assert_eq!(std::fs::read(&saved).unwrap(), before);
     let (status, body) = daemon.get("/v1/apps/analytics/endpoint").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
