@@ -193,7 +193,8 @@ impl Drop for PrivateDir {
     }
 }
 
-/// Creates `path` (it must not exist), mode 0600, with exactly `bytes`.
+/// Creates `path` (it must not exist), mode 0600, with exactly `bytes`. Not synced: the file
+/// lives only as long as CMD, and a crash loses nothing the daemon cannot hand out again.
 fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -201,8 +202,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    file.write_all(bytes)
 }
 
 /// `$AWS_CONFIG_FILE`, else `~/.aws/config`.
