@@ -198,7 +198,7 @@ impl Bucket {
     }
 
     /// Takes one token if there is one.
-    pub(crate) fn take(&mut self, now: tokio::time::Instant) -> bool {
+    fn take(&mut self, now: tokio::time::Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -1,8 +1,11 @@
 //! The loopback credentials endpoint (CONTRACT §5b): the TCP accept loop and the one route it
 //! serves, `GET /v1/apps/{app}/credentials` in the container-credentials format every AWS SDK
-//! reads. Same hyper settings, limits, rate and drain as the socket ([`super::Limits`],
-//! [`Connection`]), with its own connection slots, so a flood on the port cannot take the
-//! socket's.
+//! reads. Same hyper settings, head limits, timeouts, connection caps and drain as the socket
+//! ([`super::Limits`], [`Connection`]), with its own connection slots, so a flood on the port
+//! cannot take the socket's. No request rate: like the socket's cached reads, nothing a client
+//! sends here can make the daemon call STS sooner than it would anyway (no `min_ttl`, no
+//! forced refresh); the credential cache alone decides when, single-flight and with backoff,
+//! so a flood costs CPU time on its own connection's task and no extra upstream call.
 //!
 //! TCP has no peer credentials: the app's endpoint token in `Authorization` is the
 //! authorization (checked in constant time, `crate::endpoint`). An unknown app, an app
@@ -13,7 +16,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -23,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use super::connection::{closing, Answer, Bucket, Connection, Slots};
+use super::connection::{closing, Answer, Connection, Slots};
 use super::error::ApiError;
 use super::response::{error_response, json_response};
 use super::routes::shown;
@@ -57,18 +60,12 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
                     let _ = stream.set_nodelay(true);
-                    let rate = Bucket::new(
-                        limits.request_burst,
-                        limits.requests_per_second,
-                        tokio::time::Instant::now(),
-                    );
                     let connection = Connection {
                         stream,
                         slot_key: TCP_PEERS,
                         answer: EndpointRequests {
                             broker: broker.clone(),
                             from,
-                            rate: Mutex::new(rate),
                             failures: AtomicU32::new(0),
                         },
                         slots: slots.clone(),
@@ -98,8 +95,6 @@ struct EndpointRequests {
     broker: Arc<Broker>,
     /// The peer's address (always loopback), for the logs.
     from: std::net::SocketAddr,
-    /// Every request may call STS, so every one is charged. std `Mutex`: never across an await.
-    rate: Mutex<Bucket>,
     /// Wrong or missing tokens so far on this connection.
     failures: AtomicU32,
 }
@@ -146,15 +141,6 @@ impl EndpointRequests {
         };
         if request.method() != Method::GET {
             return Err(Refusal::Answer(ApiError::method_not_allowed("GET")));
-        }
-        let allowed = self
-            .rate
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(tokio::time::Instant::now());
-        if !allowed {
-            debug!(from = %self.from, "credentials endpoint: request rate over the limit; closing");
-            return Err(Refusal::Close(ApiError::rate_limited()));
         }
         let presented = request
             .headers()
