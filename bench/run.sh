@@ -2,12 +2,14 @@
 # The benchmark, in one command: builds the daemon and the bench tools in release mode, then
 # measures (side by side, in this one run) the socket's cached token GET against a bare hyper
 # floor, credential-process against a minimal client, a 1000-caller burst on an expiring token,
-# and 10,000 apps (config load, start-up, RSS, idle CPU). Prints a summary table of target vs
+# an SDK-style credentials GET on the loopback endpoint against a bare hyper TCP floor, `exec
+# /bin/true` against a minimal client plus /bin/true, and 10,000 apps (config load, start-up,
+# RSS, idle CPU). Prints a summary table of target vs
 # measured; exits 1 if a target is missed.
 #
 #   bench/run.sh            full run (about 4 minutes after the build)
 #   bench/run.sh --quick    short windows and 1,000 apps, to check the bench itself
-#   bench/run.sh --only token,cp,burst,apps
+#   bench/run.sh --only token,cp,burst,endpoint,exec,apps
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"

@@ -28,6 +28,8 @@ pub struct Broker {
     /// The config the running apps were started from, without its apps (each app's config is
     /// held once, by its handle); the lock also serializes reloads.
     config: tokio::sync::Mutex<Config>,
+    /// Each `[role]` app's credentials-endpoint token, kept in step with the apps.
+    endpoints: crate::endpoint::EndpointTokens,
     /// The apps' file sinks, kept in step with the apps at start and on every reload.
     sinks: crate::sinks::Sinks,
     /// The clock's resume detector ([`Clock::watch_resumes`]), stopped with the broker.
@@ -76,6 +78,7 @@ impl Broker {
             .metrics
             .set_state_sealed(seal.is_some_and(|s| s.sealed));
         let order = config.start_order();
+        let roles = roles_of(&config, config.server.credentials_listen.is_some());
         let mut apps = std::mem::take(&mut config.apps);
         let shared_metrics = shared.metrics.clone();
         let broker = Broker {
@@ -86,7 +89,9 @@ impl Broker {
             shared,
             upstreams,
             config: tokio::sync::Mutex::new(config),
+            endpoints: crate::endpoint::EndpointTokens::default(),
         };
+        broker.sync_endpoints(roles).await;
         for name in order {
             if let Some(app) = apps.remove(&name) {
                 let handle = broker.spawn_app(Arc::new(app)).await;
@@ -139,11 +144,19 @@ impl Broker {
                 }
                 if let Some(store) = self.shared.store.clone() {
                     let app = name.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.remove(&app)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.remove(&app);
+                        store.remove_endpoint_token(&app);
+                    })
+                    .await;
                 }
                 report.removed.push(name);
             }
         }
+        // Before the apps restart: a client may read a new app's endpoint at once.
+        // `[server]` applies at restart: the running config says whether the endpoint is on.
+        let enabled = current.server.credentials_listen.is_some();
+        self.sync_endpoints(roles_of(&new, enabled)).await;
         let order = new.start_order();
         let mut apps = std::mem::take(&mut new.apps);
         let sinks_of: BTreeMap<String, Vec<crate::config::SinkConfig>> = apps
@@ -256,6 +269,22 @@ impl Broker {
         self.sinks.of(app)
     }
 
+    /// The credentials endpoint's tokens and address (CONTRACT §5b).
+    pub fn endpoints(&self) -> &crate::endpoint::EndpointTokens {
+        &self.endpoints
+    }
+
+    async fn sync_endpoints(&self, roles: Vec<(String, Option<String>)>) {
+        let wall_secs = self
+            .clock
+            .wall_now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.endpoints
+            .sync(roles, self.shared.store.clone(), wall_secs)
+            .await;
+    }
+
     /// The daemon's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
@@ -354,6 +383,22 @@ fn resize(permits: &Arc<Semaphore>, old: usize, new: usize) {
             });
         }
     }
+}
+
+/// Each app's name and its `[role]`'s fingerprint (what keeps its endpoint token); none at
+/// all while the endpoint is off, so no token is made (and no saved one touched) for nothing.
+fn roles_of(config: &Config, endpoint_on: bool) -> Vec<(String, Option<String>)> {
+    if !endpoint_on {
+        return Vec::new();
+    }
+    config
+        .apps
+        .values()
+        .map(|app| {
+            let role = app.role.as_ref().map(crate::endpoint::role_fingerprint);
+            (app.name.clone(), role)
+        })
+        .collect()
 }
 
 /// `[refresh]` as the policy functions take it.

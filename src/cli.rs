@@ -60,6 +60,23 @@ pub enum Command {
         /// The app.
         app: String,
     },
+    /// Run CMD with the app's AWS credentials from the credentials endpoint; exit with its
+    /// status.
+    Exec {
+        /// The flags of every client subcommand.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The app (it needs a [role]).
+        app: String,
+        /// The command and its arguments (`--` before them only if CMD looks like a flag).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
     /// One row per app: state, expiry, next refresh, last error.
     Status {
         /// The flags of every client subcommand.
@@ -114,6 +131,7 @@ impl Command {
         match self {
             Command::Token { client, .. }
             | Command::CredentialProcess { client, .. }
+            | Command::Exec { client, .. }
             | Command::Status { client, .. }
             | Command::Refresh { client, .. } => Some(*client),
             Command::Serve { .. }

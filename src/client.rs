@@ -182,6 +182,16 @@ impl SocketClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, ClientError> {
+        self.request_via(method, path, body).await.map(|(_, a)| a)
+    }
+
+    /// [`SocketClient::request`], and the socket that answered (`exec` passes it on).
+    pub(crate) async fn request_via(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(PathBuf, Answer), ClientError> {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |socket: &Path| ClientError::Timeout {
             path: socket.to_owned(),
@@ -195,9 +205,10 @@ impl SocketClient {
         let (socket, stream) = tokio::time::timeout_at(deadline, self.connect())
             .await
             .map_err(|_| timed_out(first))??;
-        tokio::time::timeout_at(deadline, exchange(stream, method, path, body))
+        let answer = tokio::time::timeout_at(deadline, exchange(stream, method, path, body))
             .await
-            .map_err(|_| timed_out(socket))?
+            .map_err(|_| timed_out(socket))??;
+        Ok((socket.to_owned(), answer))
     }
 
     /// Connects to the first candidate that accepts and checks who runs it.

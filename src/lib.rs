@@ -9,6 +9,7 @@
 //! - [`refresh`]: the handle callers hold, the per-app owner task (single flight) and one
 //!   attempt of a grant, with the next step a pure function (`state.rs`, `policy.rs`); role
 //!   credentials.
+//! - [`endpoint`]: the credentials endpoint's per-app tokens (CONTRACT §5b).
 //! - [`broker`]: the running apps, started in dependency order; SIGHUP reload.
 //! - [`login`]: the browser half of `iamtokend login` (authorize URL, loopback listener).
 //! - [`server`]: the Unix-socket HTTP API; [`client`]: its client for the subcommands.
@@ -30,6 +31,7 @@ pub mod client;
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod endpoint;
 pub mod grant;
 pub mod harden;
 pub mod logging;

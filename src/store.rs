@@ -33,6 +33,8 @@ use zeroize::Zeroizing;
 use crate::seal::{self, Binding, Purpose, SealStatus, SealedFields, Sealing};
 use crate::secret::Secret;
 
+mod endpoint;
+
 /// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
 pub const MAX_STATE_BYTES: usize = 64 * 1024;
 

@@ -1,5 +1,5 @@
-//! Shared pieces of the benchmark: an HTTP/1.1 load generator over Unix sockets (keep-alive
-//! connections, closed loop), latency percentiles, and /proc readers.
+//! Shared pieces of the benchmark: an HTTP/1.1 load generator over Unix sockets or loopback
+//! TCP (keep-alive connections, closed loop), latency percentiles, and /proc readers.
 //!
 //! The generator is deliberately plain: one hyper client connection per task, each sending
 //! its next request as soon as the previous answer is read, so "N connections" means N
@@ -15,25 +15,73 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 
-/// One keep-alive HTTP/1.1 connection to a Unix socket.
+/// Where the load generator connects.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A loopback TCP address, each request carrying this `Authorization` (the credentials
+    /// endpoint's token), as an SDK's container provider sends it.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// The `Authorization` header's value.
+        authorization: String,
+    },
+}
+
+/// One keep-alive HTTP/1.1 connection to a Unix socket or a TCP address.
 pub struct Connection {
     sender: SendRequest<Empty<Bytes>>,
+    authorization: Option<http::HeaderValue>,
 }
 
 impl Connection {
     /// Connects and completes the HTTP/1.1 handshake; the connection task runs on the
     /// current runtime.
     pub async fn open(socket: &Path) -> std::io::Result<Connection> {
-        let stream = UnixStream::connect(socket).await?;
+        Connection::connect(&Target::Unix(socket.to_owned())).await
+    }
+
+    /// [`Connection::open`] for any [`Target`].
+    pub async fn connect(target: &Target) -> std::io::Result<Connection> {
+        match target {
+            Target::Unix(socket) => {
+                let stream = UnixStream::connect(socket).await?;
+                Connection::handshake(stream, None).await
+            }
+            Target::Tcp {
+                addr,
+                authorization,
+            } => {
+                let stream = TcpStream::connect(addr.as_str()).await?;
+                stream.set_nodelay(true)?;
+                let value =
+                    http::HeaderValue::from_str(authorization).map_err(std::io::Error::other)?;
+                Connection::handshake(stream, Some(value)).await
+            }
+        }
+    }
+
+    async fn handshake<S>(
+        stream: S,
+        authorization: Option<http::HeaderValue>,
+    ) -> std::io::Result<Connection>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Connection { sender })
+        Ok(Connection {
+            sender,
+            authorization,
+        })
     }
 
     /// One request; the whole body is read.
@@ -43,12 +91,14 @@ impl Connection {
         path: &str,
     ) -> Result<(StatusCode, Bytes), String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, "localhost")
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+            .header(http::header::HOST, "localhost");
+        if let Some(value) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, value.clone());
+        }
+        let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
         let response = self
             .sender
             .send_request(request)
@@ -110,7 +160,25 @@ pub async fn load(
     warmup: Duration,
     duration: Duration,
 ) -> Figures {
-    let socket: Arc<PathBuf> = Arc::new(socket.to_owned());
+    load_target(
+        &Target::Unix(socket.to_owned()),
+        path,
+        connections,
+        warmup,
+        duration,
+    )
+    .await
+}
+
+/// [`load`] on any [`Target`].
+pub async fn load_target(
+    target: &Target,
+    path: &str,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Figures {
+    let socket: Arc<Target> = Arc::new(target.clone());
     let path: Arc<str> = Arc::from(path);
     let start = Instant::now() + warmup + Duration::from_millis(50 * connections.min(20) as u64);
     let end = start + duration;
@@ -121,7 +189,7 @@ pub async fn load(
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
-            let mut connection = match Connection::open(&socket).await {
+            let mut connection = match Connection::connect(&socket).await {
                 Ok(c) => c,
                 Err(_) => return (latencies, 1),
             };
@@ -142,7 +210,7 @@ pub async fn load(
                 }
                 if result.is_err() {
                     // A broken connection: open a new one rather than spin on the dead one.
-                    match Connection::open(&socket).await {
+                    match Connection::connect(&socket).await {
                         Ok(c) => connection = c,
                         Err(_) => return (latencies, errors + 1),
                     }

@@ -20,6 +20,7 @@ pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure>
             ..
         } => token(client, &app, min_ttl, format).await,
         Command::CredentialProcess { app, .. } => credential_process(client, &app).await,
+        Command::Exec { app, command, .. } => super::exec::run(client, &app, command).await,
         Command::Status { format, .. } => status(client, format).await,
         Command::Refresh { app, .. } => refresh(client, &app).await,
         Command::Serve { .. }

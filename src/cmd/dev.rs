@@ -6,6 +6,8 @@
 //! The directory is made the way `mkdtemp` makes one: a random name, created exclusively,
 //! mode 0700, never one that already exists (another user could have planted apps in it), and
 //! every file in it created new (no link followed). It is removed when dev mode ends.
+//!
+//! The credentials endpoint is on (a free loopback port), so `exec` works at once.
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +81,7 @@ apps_dir = "apps.d"
 [server]
 socket = "{socket}"
 socket_mode = "0600"
+credentials_listen = "127.0.0.1:0"
 
 [state]
 dir = "{state}"
@@ -222,11 +225,36 @@ fn dev_base() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
+/// How to run this binary again from a shell: its path (`current_exe`), or `iamtokend` when
+/// that is the one `PATH` finds.
+fn this_binary() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "iamtokend".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("iamtokend")).is_ok_and(|found| found == exe))
+    });
+    if on_path {
+        return "iamtokend".to_owned();
+    }
+    let shown = exe.display().to_string();
+    if shown
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+    {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', r"'\''"))
+    }
+}
+
 /// Prints the banner on stdout. Write errors are ignored: a closed stdout (the terminal went
 /// away, a pipe reader quit) must not take the daemon down, as `println!` would.
 fn print_banner(socket: &Path, config: &Path, simulator: &str) {
     use std::io::Write;
     let s = socket.display();
+    let bin = this_binary();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -239,13 +267,16 @@ iamtokend is running in dev mode against a simulated Identity Center at {simulat
   apps:    analytics (jwt-bearer, with a [role] for AWS credentials), reports (refresh-token),
            warehouse (token-exchange of analytics), portal (authorization-code, logged in for you)
   STS:     simulated too, at the same address
+  AWS credentials endpoint: on, on a free loopback port (`exec` below finds it)
 
 Try, in another terminal:
   export IAMTOKEND_SOCKET={s}
-  cargo run --release -- status
-  cargo run --release -- token analytics
-  cargo run --release -- refresh warehouse
-  cargo run --release -- credential-process analytics
+  {bin} status
+  {bin} token analytics
+  {bin} refresh warehouse
+  {bin} credential-process analytics
+  {bin} exec analytics -- env
+  AWS_REGION=us-east-1 {bin} exec analytics -- aws sts get-caller-identity --endpoint-url {simulator}
   curl --unix-socket {s} http://localhost/v1/apps
   curl --unix-socket {s} http://localhost/v1/apps/portal/token
   cat {dir}/analytics.token        # a file sink, rewritten after every refresh

@@ -4,6 +4,7 @@
 pub mod check_config;
 pub mod clients;
 pub mod dev;
+pub mod exec;
 pub mod fetch;
 pub mod login;
 pub mod serve;

@@ -60,6 +60,7 @@ pub async fn serve(
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
     let (listener, socket_file, socket) = listen(&config)?;
+    let endpoint = listen_endpoint(&config).await?;
     let env = Env::from_process();
     let state_dir = paths::state_dir(config.state.dir.as_deref(), &env);
     // Read once, here: a reload never re-reads the key (`[state]` applies at restart).
@@ -100,6 +101,10 @@ pub async fn serve(
     let main_file = config.main_file.clone();
     let app_count = config.apps.len();
     let broker = Arc::new(Broker::start(config, upstreams, Clock::system(), store).await);
+    if let Some((_, addr)) = &endpoint {
+        broker.endpoints().set_addr(*addr);
+        info!(address = %addr, "credentials endpoint listening");
+    }
     info!(socket = %socket.display(), apps = app_count, "listening");
     on_listening(&socket);
     {
@@ -123,12 +128,25 @@ pub async fn serve(
     };
     let (first, again) = crate::signals::shutdown_twice();
     tokio::pin!(again);
+    // The first signal stops the socket and the endpoint together.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let stop = async {
         first.await;
         supervisor.stopping();
+        let _ = stopping.send(true);
+    };
+    let endpoint_served = async {
+        if let Some((tcp, _)) = endpoint {
+            let mut stopped = stopped;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let limits = crate::server::Limits::default();
+            crate::server::endpoint::run(tcp, broker.clone(), shutdown, limits).await;
+        }
     };
     let drained = tokio::select! {
-        _ = crate::server::run(listener, broker.clone(), stop) => true,
+        _ = async { tokio::join!(crate::server::run(listener, broker.clone(), stop), endpoint_served) } => true,
         _ = &mut again => false,
     };
     reloader.abort();
@@ -203,6 +221,24 @@ fn listen(
             Ok((listener, Some(file), socket))
         }
     }
+}
+
+/// The credentials endpoint's listener, when `[server] credentials_listen` is set, and the
+/// address it got (the real port when the config said 0).
+async fn listen_endpoint(
+    config: &Config,
+) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>, Failure> {
+    let Some(addr) = config.server.credentials_listen else {
+        return Ok(None);
+    };
+    let cannot = |e: std::io::Error| {
+        Failure::failed(format!(
+            "cannot listen on {addr} ([server] credentials_listen): {e}"
+        ))
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+    let bound = listener.local_addr().map_err(cannot)?;
+    Ok(Some((listener, bound)))
 }
 
 /// The systemd supervision of this daemon: the watchdog pings while every app's owner task

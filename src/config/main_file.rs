@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use super::cursor::{FileCx, Section};
-use super::syntax::parse_octal_mode;
+use super::syntax::{parse_loopback_listen, parse_octal_mode};
 use super::types::*;
 
 /// `[refresh] max_backoff` floor: below a second the "backoff" would hammer the service.
@@ -71,14 +71,21 @@ fn check_server(
     let mut server = ServerConfig {
         socket: None,
         socket_mode: 0o660,
+        credentials_listen: None,
     };
     if let Some(sec) = sec {
-        sec.unknown_keys(cx, &["socket", "socket_mode"]);
+        sec.unknown_keys(cx, &["socket", "socket_mode", "credentials_listen"]);
         server.socket = sec.path(cx, "socket", main_dir).map(|(p, _)| p);
         if let Some((s, span)) = sec.string(cx, "socket_mode") {
             match parse_octal_mode(s) {
                 Ok(mode) => server.socket_mode = mode,
                 Err(err) => cx.at(&span, format!("`socket_mode` {err}")),
+            }
+        }
+        if let Some((s, span)) = sec.string(cx, "credentials_listen") {
+            match parse_loopback_listen(s) {
+                Ok(addr) => server.credentials_listen = Some(addr),
+                Err(err) => cx.at(&span, format!("`credentials_listen` {err}")),
             }
         }
     }

@@ -210,6 +210,24 @@ pub(crate) fn is_loopback_redirect(s: &str) -> bool {
     is_port(&after_host[..port_end])
 }
 
+/// Parses `credentials_listen`: `IP:PORT` with a loopback IP (127.0.0.0/8 or `[::1]`), any
+/// port including 0. Never a name (`localhost` could resolve elsewhere) and never a
+/// wildcard: the endpoint serves credentials to whoever holds a token, so it must not be
+/// reachable from another host.
+pub(crate) fn parse_loopback_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+        "must be a loopback address and port like \"127.0.0.1:9911\" or \"[::1]:9911\"".to_string()
+    })?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "must be a loopback address (127.0.0.0/8 or [::1]), not {}",
+            addr.ip()
+        ))
+    }
+}
+
 /// Parses a file mode written as an octal string: "0660", "660" or "0o660"; at most 0777.
 pub(crate) fn parse_octal_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
@@ -452,6 +470,26 @@ mod tests {
                 ("http://127.0.0.1:80x/cb", false),
                 ("https://127.0.0.1:8400/cb", false),
                 ("http://127.0.0.1:65536/cb", false),
+            ],
+        );
+    }
+
+    #[test]
+    fn loopback_listens() {
+        table(
+            |s| parse_loopback_listen(s).is_ok(),
+            &[
+                ("127.0.0.1:9911", true),
+                ("127.3.4.5:0", true),
+                ("[::1]:9911", true),
+                ("0.0.0.0:9911", false),
+                ("[::]:9911", false),
+                ("192.168.1.2:9911", false),
+                ("[::ffff:127.0.0.1]:9911", false),
+                ("localhost:9911", false),
+                ("127.0.0.1", false),
+                ("127.0.0.1:65536", false),
+                ("", false),
             ],
         );
     }

@@ -112,7 +112,8 @@ fn minimal_gets_defaults() {
         config.server,
         ServerConfig {
             socket: None,
-            socket_mode: 0o660
+            socket_mode: 0o660,
+            credentials_listen: None,
         }
     );
     assert_eq!(
@@ -155,6 +156,10 @@ fn full_sets_every_key() {
     assert_eq!(config.apps_dir, apps);
     assert_eq!(config.server.socket, Some(case.join("run/iamtokend.sock")));
     assert_eq!(config.server.socket_mode, 0o600);
+    assert_eq!(
+        config.server.credentials_listen,
+        Some("127.0.0.1:0".parse().unwrap())
+    );
     assert_eq!(config.state.dir, Some(PathBuf::from("/var/lib/custom")));
     assert_eq!(config.state.seal, SealMode::Off);
     assert_eq!(

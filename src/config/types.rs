@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
     /// `socket_mode`, parsed from its octal string. Default 0o660.
     pub socket_mode: u32,
+    /// `credentials_listen`: the loopback TCP address of the credentials endpoint
+    /// (CONTRACT §5b); `None` = the endpoint is off. Port 0 = any free port.
+    pub credentials_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[state]`.

@@ -1,10 +1,14 @@
 //! One accepted connection, from its slot to its close: the accept loop takes a total slot
-//! before it accepts ([`Slots::total`]), and [`Connection::run`] adds the peer uid's share (or
-//! answers 503 and closes at once), serves HTTP/1.1 on the stream with hyper, resolves
-//! each request against the route table once, charges the ones that may call upstream to the
-//! connection's rate and to its peer uid's (`rate.rs`), and hands the rest to the handlers.
+//! before it accepts ([`Slots::total`]), and [`Connection::run`] adds the share of its slot
+//! key (or answers 503 and closes at once) and serves HTTP/1.1 on the stream with hyper,
+//! handing each request to its [`Answer`]. The same code serves the Unix socket (where
+//! [`Requests`] resolves each request against the route table once, charges the ones that may
+//! call upstream to the connection's rate and to its peer uid's (`rate.rs`), and hands the
+//! rest to the handlers) and the loopback credentials endpoint (`super::endpoint`).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::io;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,7 +19,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
@@ -24,17 +29,44 @@ use super::handlers::{self, Ctx};
 use super::peer::Peer;
 use super::response::error_response;
 
-/// One accepted connection and what serving it needs. Built by the accept loop, run on its
+/// A stream the server accepts connections of.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes what the send buffer takes now, never waiting (the busy answer).
+    fn write_now(&self, bytes: &[u8]) -> io::Result<usize>;
+}
+
+impl Stream for UnixStream {
+    fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.try_write(bytes)
+    }
+}
+
+impl Stream for TcpStream {
+    fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.try_write(bytes)
+    }
+}
+
+/// What answers the requests of one connection (one per connection, shared by its requests).
+pub(crate) trait Answer: Send + Sync + 'static {
+    /// Answers one request.
+    fn answer(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    /// Logs that the connection was refused for want of a slot, naming the peer.
+    fn refused_busy(&self);
+}
+
+/// One accepted connection and what serving it needs. Built by an accept loop, run on its
 /// own task, so a slow connection never holds up another.
-pub(crate) struct Connection {
-    /// The accepted socket; hyper owns it once a slot is held.
-    pub(crate) stream: UnixStream,
-    /// Who is on the other end (`SO_PEERCRED`): the key of the per-uid slot share, and what
-    /// each app's `[access]` is checked against.
-    pub(crate) peer: Arc<Peer>,
-    /// What the handlers read: the broker, the daemon's uid, the body timeout. Shared by
-    /// every connection.
-    pub(crate) ctx: Arc<Ctx>,
+pub(crate) struct Connection<S, A> {
+    /// The accepted stream; hyper owns it once a slot is held.
+    pub(crate) stream: S,
+    /// Whose share of the slots this connection takes: the peer's uid on the socket.
+    pub(crate) slot_key: u32,
+    /// What answers its requests.
+    pub(crate) answer: A,
     /// The connection slots of the whole server; this connection holds one while it is open.
     pub(crate) slots: Arc<Slots>,
     /// The total slot the accept loop took before accepting this connection.
@@ -43,13 +75,11 @@ pub(crate) struct Connection {
     pub(crate) http: http1::Builder,
     /// Lets shutdown stop this connection between requests and wait for the one in flight.
     pub(crate) watcher: Watcher,
-    /// This connection's request rate: a burst, then a steady rate (see [`Bucket`]).
-    pub(crate) rate: Bucket,
 }
 
-/// What every request of one connection shares: one per connection, behind an `Arc` that
-/// hyper's service clones per request.
-struct Requests {
+/// What every request of one socket connection shares: one per connection, behind an `Arc`
+/// that hyper's service clones per request.
+pub(crate) struct Requests {
     /// Handed to each handler.
     ctx: Arc<Ctx>,
     /// Checked against each app's `[access]`, and named in the logs.
@@ -58,28 +88,31 @@ struct Requests {
     rate: Mutex<Bucket>,
 }
 
-impl Connection {
+impl Requests {
+    /// The requests of `peer`'s connection, at most `rate`'s pace for the charged ones.
+    pub(crate) fn new(ctx: Arc<Ctx>, peer: Arc<Peer>, rate: Bucket) -> Requests {
+        Requests {
+            ctx,
+            peer,
+            rate: Mutex::new(rate),
+        }
+    }
+}
+
+impl<S: Stream, A: Answer> Connection<S, A> {
     /// Serves the connection until the peer closes it, a limit closes it, or shutdown does.
     pub(crate) async fn run(self) {
-        let Some(slot) = self.slots.share(self.peer.uid, self.total) else {
-            debug!(
-                uid = self.peer.uid,
-                pid = self.peer.pid,
-                "the uid's share of connections is used up; refusing"
-            );
+        let Some(slot) = self.slots.share(self.slot_key, self.total) else {
+            self.answer.refused_busy();
             // Never waits: a fresh socket's send buffer takes these few bytes, and a peer
             // that does not read must not hold a task.
-            let _ = self.stream.try_write(BUSY_ANSWER.as_bytes());
+            let _ = self.stream.write_now(BUSY_ANSWER.as_bytes());
             return;
         };
-        let requests = Arc::new(Requests {
-            ctx: self.ctx,
-            peer: self.peer,
-            rate: Mutex::new(self.rate),
-        });
+        let answer = Arc::new(self.answer);
         let service = service_fn(move |request| {
-            let requests = requests.clone();
-            async move { Ok::<_, std::convert::Infallible>(requests.answer(request).await) }
+            let answer = answer.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer.answer(request).await) }
         });
         let connection = self.watcher.watch(
             self.http
@@ -92,7 +125,7 @@ impl Connection {
     }
 }
 
-impl Requests {
+impl Answer for Requests {
     /// One request: resolved (its app looked up once), charged if it may call upstream, then
     /// answered, or refused with 429 `rate_limited` and `connection: close` when this
     /// connection, or its peer uid over all its connections, is over its rate.
@@ -112,15 +145,27 @@ impl Requests {
                 pid = self.peer.pid,
                 "request rate over the limit; closing"
             );
-            let mut answer = error_response(ApiError::rate_limited());
-            answer.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            return answer;
+            return closing(error_response(ApiError::rate_limited()));
         }
         handlers::handle(route, request, &self.ctx, &self.peer).await
     }
+
+    fn refused_busy(&self) {
+        debug!(
+            uid = self.peer.uid,
+            pid = self.peer.pid,
+            "the uid's share of connections is used up; refusing"
+        );
+    }
+}
+
+/// `answer` with `connection: close`: hyper closes the connection once it is sent.
+pub(crate) fn closing(mut answer: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    answer.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    answer
 }
 
 /// What a connection over the limits gets before it is closed, written without reading
@@ -185,7 +230,7 @@ pub(crate) struct Slots {
 }
 
 /// One open connection's slot; both permits are released on drop.
-struct Slot {
+pub(crate) struct Slot {
     _uid: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
 }
@@ -207,7 +252,7 @@ impl Slots {
 
     /// The connection's slot: `total` plus one of `uid`'s share, or `None` (and `total`
     /// released) when the share is used up. Never waits.
-    fn share(&self, uid: u32, total: OwnedSemaphorePermit) -> Option<Slot> {
+    pub(crate) fn share(&self, uid: u32, total: OwnedSemaphorePermit) -> Option<Slot> {
         let share = {
             let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(uid)

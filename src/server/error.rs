@@ -41,6 +41,36 @@ impl ApiError {
         )
     }
 
+    /// 409 `endpoint_disabled`: `[server] credentials_listen` is not set (CONTRACT §5b).
+    pub fn endpoint_disabled() -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "endpoint_disabled",
+            "the credentials endpoint is off; set [server] credentials_listen to turn it on",
+        )
+    }
+
+    /// 403 `forbidden` on the credentials endpoint: the `Authorization` header is missing or
+    /// is not the app's endpoint token (an unknown app answers the same, so the port does not
+    /// tell which apps exist).
+    pub fn bad_endpoint_token() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the Authorization header is not this app's endpoint token",
+        )
+    }
+
+    /// 403 `forbidden` on the credentials endpoint: the request carries an `Origin` header,
+    /// so a browser sent it; no web page may read credentials.
+    pub fn origin_refused() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "requests with an Origin header are refused (no browser may read credentials)",
+        )
+    }
+
     /// 408 `request_timeout`: the body did not arrive in time (not in the contract's list).
     pub fn body_timeout(limit: std::time::Duration) -> ApiError {
         ApiError::new(

@@ -111,7 +111,33 @@ where
                 &crate::refresh::credentials::credential_process_json(&creds),
             ))
         }
+        AppAction::Endpoint => endpoint(&app, broker),
     }
+}
+
+/// `GET /v1/apps/{app}/endpoint`: the credentials endpoint's URL for the app and its token,
+/// to this peer only (it passed the app's `[access]`).
+fn endpoint(app: &AppHandle, broker: &Broker) -> Result<Response<Full<Bytes>>, ApiError> {
+    if app.config.role.is_none() {
+        return Err(crate::refresh::ServeError::NoRole {
+            app: app.name().to_owned(),
+        }
+        .into());
+    }
+    let Some(addr) = broker.endpoints().addr() else {
+        return Err(ApiError::endpoint_disabled());
+    };
+    let Some(token) = broker.endpoints().get(app.name()) else {
+        // Only between a reload's token sync and its restart of the app.
+        return Err(ApiError::endpoint_disabled());
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "url": format!("http://{addr}/v1/apps/{}/credentials", app.name()),
+            "authorization_token": token.expose(),
+        }),
+    ))
 }
 
 /// The app's `[access]` applied to the peer (see [`peer::admits`]).

@@ -6,6 +6,7 @@
 //! [`error`].
 
 mod connection;
+pub mod endpoint;
 pub mod error;
 mod handlers;
 pub mod peer;
@@ -24,7 +25,7 @@ use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
-use connection::{Bucket, Connection, Slots};
+use connection::{Bucket, Connection, Requests, Slots};
 use peer::Peer;
 pub use socket::{bind, SocketFile};
 
@@ -89,6 +90,17 @@ impl Default for Limits {
     }
 }
 
+/// hyper's HTTP/1.1 settings for `limits`: the same on the socket and the endpoint.
+fn http_settings(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .max_buf_size(64 * 1024);
+    http
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and gives requests in flight up to
 /// [`DRAIN_TIMEOUT`]. Uses the default [`Limits`].
 pub async fn run(listener: UnixListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
@@ -144,12 +156,7 @@ pub async fn run_with_limits(
     }
     let slots = Arc::new(Slots::new(total, per_uid));
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_header_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .max_buf_size(64 * 1024);
+    let http = http_settings(&limits);
     tokio::pin!(shutdown);
     loop {
         // A total slot first: while every one is in use nothing is accepted, so connections
@@ -174,19 +181,19 @@ pub async fn run_with_limits(
                         continue;
                     }
                 };
+                let rate = Bucket::new(
+                    limits.request_burst,
+                    limits.requests_per_second,
+                    tokio::time::Instant::now(),
+                );
                 let connection = Connection {
                     stream,
-                    peer,
-                    ctx: ctx.clone(),
+                    slot_key: peer.uid,
+                    answer: Requests::new(ctx.clone(), peer, rate),
                     slots: slots.clone(),
                     total,
                     http: http.clone(),
                     watcher: graceful.watcher(),
-                    rate: Bucket::new(
-                        limits.request_burst,
-                        limits.requests_per_second,
-                        tokio::time::Instant::now(),
-                    ),
                 };
                 tokio::spawn(connection.run());
             }

@@ -45,6 +45,8 @@ pub enum Serves {
     Login,
     /// The app's role credentials.
     Credentials,
+    /// Where the app's credentials endpoint is, and its token (CONTRACT §5b).
+    Endpoint,
 }
 
 /// When a request may make the daemon call upstream. Those requests count against their
@@ -62,7 +64,7 @@ pub enum Upstream {
 }
 
 /// The route table.
-pub static ENDPOINTS: [Endpoint; 7] = [
+pub static ENDPOINTS: [Endpoint; 8] = [
     Endpoint {
         template: "/v1/health",
         method: Method::GET,
@@ -98,6 +100,12 @@ pub static ENDPOINTS: [Endpoint; 7] = [
         method: Method::GET,
         serves: Serves::Credentials,
         upstream: Upstream::Always,
+    },
+    Endpoint {
+        template: "/v1/apps/{app}/endpoint",
+        method: Method::GET,
+        serves: Serves::Endpoint,
+        upstream: Upstream::Never,
     },
     Endpoint {
         template: "/metrics",
@@ -175,6 +183,8 @@ pub enum AppAction {
     Login,
     /// `GET .../credentials`.
     Credentials,
+    /// `GET .../endpoint`.
+    Endpoint,
 }
 
 /// Method, path and query -> [`Route`]. `app` looks a name up among the configured apps.
@@ -257,6 +267,7 @@ fn target<A>(
         Serves::Refresh => AppAction::Refresh,
         Serves::Login => AppAction::Login,
         Serves::Credentials => AppAction::Credentials,
+        Serves::Endpoint => AppAction::Endpoint,
     };
     // Every per-app template has the `/v1/apps/{app}/` shape `app_name` reads.
     match app {
@@ -333,6 +344,11 @@ mod tests {
                 "/v1/apps/a/credentials",
                 "/v1/apps/{app}/credentials",
             ),
+            (
+                Method::GET,
+                "/v1/apps/a/endpoint",
+                "/v1/apps/{app}/endpoint",
+            ),
             // Refused requests: the template their path has, or `other`.
             (
                 Method::GET,
@@ -376,6 +392,7 @@ mod tests {
         assert!(charged(Method::GET, "/v1/apps/nope/token?min_ttl=60"));
         assert!(charged(Method::GET, "/v1/apps/nope/credentials"));
         assert!(!charged(Method::GET, "/v1/apps/nope/token"));
+        assert!(!charged(Method::GET, "/v1/apps/a/endpoint"));
     }
 
     #[test]

@@ -561,7 +561,17 @@ async fn handle(
             (action, None, None, fields)
         }
     };
-    let verdict = sigv4::verify(&parts, &body, service, &shared.opts, wire::now());
+    let now = wire::now();
+    let verdict = sigv4::verify(&parts, &body, service, &shared.opts, now, |key| {
+        let inner = shared.lock();
+        let issued = inner.issued.get(key)?;
+        Some(sigv4::IssuedKey {
+            secret_access_key: issued.secret_access_key.clone(),
+            session_token: issued.session_token.clone(),
+            expired: issued.expires_at <= wire::unix_secs(now),
+        })
+    });
+    let caller = verdict.issued_key.clone();
     let seq = shared.record_call(Call {
         service,
         operation: operation.clone(),
@@ -578,10 +588,10 @@ async fn handle(
     let answer = match verdict.outcome {
         Err(rejection) => rejection.answer(service),
         Ok(()) => match shared.take_fault(service, client_id.as_deref()) {
-            None => respond(&shared, &parsed),
+            None => respond(&shared, &parsed, caller.as_deref()),
             Some(Fault::Delay(delay)) => {
                 tokio::time::sleep(delay).await;
-                respond(&shared, &parsed)
+                respond(&shared, &parsed, caller.as_deref())
             }
             Some(Fault::Reset) => {
                 tracing::debug!(?service, %operation, "sim: resetting the connection (fault)");
@@ -602,10 +612,12 @@ async fn handle(
     Ok(answer.into_response())
 }
 
-fn respond(shared: &Shared, parsed: &Parsed) -> Answer {
+/// `caller`: the issued role credentials that signed the call, if it was not the configured
+/// key.
+fn respond(shared: &Shared, parsed: &Parsed, caller: Option<&str>) -> Answer {
     match parsed {
         Parsed::Oidc(members) => oidc::answer(shared, members),
-        Parsed::Sts(fields) => sts::answer(shared, fields),
+        Parsed::Sts(fields) => sts::answer(shared, fields, caller),
     }
 }
 

@@ -24,6 +24,9 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// even when the check failed (the call log wants it).
 #[derive(Debug)]
 pub(super) struct Verdict {
+    /// The key that signed, when the signature held: the configured one (`None` here) or
+    /// role credentials the simulator issued (their access key id).
+    pub(super) issued_key: Option<String>,
     pub(super) access_key_id: Option<String>,
     pub(super) region: Option<String>,
     pub(super) outcome: Result<(), Rejection>,
@@ -31,8 +34,11 @@ pub(super) struct Verdict {
 
 #[derive(Debug)]
 pub(super) enum Rejection {
-    /// The access key id is not the configured one.
+    /// The access key id is neither the configured one nor issued credentials (or their
+    /// session token is missing or wrong).
     UnknownKey,
+    /// Issued role credentials past their expiration.
+    Expired,
     /// Anything else: malformed header, wrong scope, stale date, signature mismatch.
     Invalid(String),
 }
@@ -56,6 +62,15 @@ impl Rejection {
             (Rejection::Invalid(why), Service::Sts) => {
                 Answer::sts_error(403, "SignatureDoesNotMatch", why)
             }
+            (Rejection::Expired, Service::Sts) => Answer::sts_error(
+                403,
+                "ExpiredToken",
+                "The security token included in the request is expired",
+            ),
+            (Rejection::Expired, Service::Oidc) => Answer::oidc_auth_error(
+                "ExpiredTokenException",
+                "The security token included in the request is expired",
+            ),
         }
     }
 }
@@ -100,13 +115,24 @@ fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
     })
 }
 
-/// Checks the request's SigV4 signature for `service` against the configured identity.
+/// A signing key the simulator knows besides the configured one: role credentials it issued
+/// (their secret, their session token, which must be sent as `X-Amz-Security-Token`, and
+/// whether they are still valid). STS calls only.
+pub(super) struct IssuedKey {
+    pub(super) secret_access_key: String,
+    pub(super) session_token: String,
+    pub(super) expired: bool,
+}
+
+/// Checks the request's SigV4 signature for `service` against the configured identity, or
+/// (STS only) role credentials the simulator issued, which `issued` looks up by key id.
 pub(super) fn verify(
     parts: &Parts,
     body: &[u8],
     service: Service,
     opts: &SimOptions,
     now: SystemTime,
+    issued: impl FnOnce(&str) -> Option<IssuedKey>,
 ) -> Verdict {
     let header = parts
         .headers
@@ -114,6 +140,7 @@ pub(super) fn verify(
         .and_then(|v| v.to_str().ok());
     let Some(auth) = header.and_then(parse_authorization) else {
         return Verdict {
+            issued_key: None,
             access_key_id: None,
             region: None,
             outcome: Err(Rejection::Invalid(
@@ -122,10 +149,40 @@ pub(super) fn verify(
             )),
         };
     };
+    let key = if auth.access_key_id == opts.access_key_id {
+        Ok((opts.secret_access_key.clone(), None))
+    } else {
+        match issued(auth.access_key_id).filter(|_| service == Service::Sts) {
+            None => Err(Rejection::UnknownKey),
+            Some(key) if key.expired => Err(Rejection::Expired),
+            Some(key) => {
+                let sent = parts
+                    .headers
+                    .get("x-amz-security-token")
+                    .and_then(|v| v.to_str().ok());
+                if sent
+                    .is_some_and(|t| constant_time_eq(t.as_bytes(), key.session_token.as_bytes()))
+                {
+                    Ok((key.secret_access_key, Some(auth.access_key_id.to_owned())))
+                } else {
+                    Err(Rejection::UnknownKey)
+                }
+            }
+        }
+    };
+    let (outcome, issued_key) = match key {
+        Ok((secret, issued_key)) => {
+            let outcome = check(parts, body, service, opts, now, &auth, &secret);
+            let signed = outcome.is_ok().then_some(issued_key).flatten();
+            (outcome, signed)
+        }
+        Err(rejection) => (Err(rejection), None),
+    };
     Verdict {
+        issued_key,
         access_key_id: Some(auth.access_key_id.to_owned()),
         region: Some(auth.region.to_owned()),
-        outcome: check(parts, body, service, opts, now, &auth),
+        outcome,
     }
 }
 
@@ -136,11 +193,9 @@ fn check(
     opts: &SimOptions,
     now: SystemTime,
     auth: &Authorization<'_>,
+    secret: &str,
 ) -> Result<(), Rejection> {
     let invalid = |why: &str| Err(Rejection::Invalid(why.to_owned()));
-    if auth.access_key_id != opts.access_key_id {
-        return Err(Rejection::UnknownKey);
-    }
     if auth.region != opts.region {
         return invalid("Credential should be scoped to a valid region.");
     }
@@ -166,8 +221,17 @@ fn check(
             "Signature expired: X-Amz-Date is more than 5 minutes from the server time.",
         );
     }
-    let expected = resign(parts, body, service, opts, signed_at, &auth.signed_headers)
-        .ok_or_else(|| Rejection::Invalid("The request cannot be canonicalized.".to_owned()))?;
+    let key = (auth.access_key_id, secret);
+    let expected = resign(
+        parts,
+        body,
+        service,
+        opts,
+        key,
+        signed_at,
+        &auth.signed_headers,
+    )
+    .ok_or_else(|| Rejection::Invalid("The request cannot be canonicalized.".to_owned()))?;
     if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
         Ok(())
     } else {
@@ -185,6 +249,7 @@ fn resign(
     body: &[u8],
     service: Service,
     opts: &SimOptions,
+    (access_key_id, secret): (&str, &str),
     time: SystemTime,
     signed_headers: &[&str],
 ) -> Option<String> {
@@ -205,9 +270,11 @@ fn resign(
         }
     }
 
+    // The session token is one of the signed headers when the client sent it (the SDKs do),
+    // so signing without it here gives the same signature.
     let identity = Credentials::new(
-        opts.access_key_id.clone(),
-        opts.secret_access_key.clone(),
+        access_key_id.to_owned(),
+        secret.to_owned(),
         None,
         None,
         "iamtokend-sim",

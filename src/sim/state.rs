@@ -41,8 +41,23 @@ pub(super) struct AuthCode {
     pub(super) user: String,
 }
 
+/// Role credentials the simulated STS issued: what a call signed with them is checked against,
+/// and who `GetCallerIdentity` says signed it.
+pub(super) struct Issued {
+    pub(super) secret_access_key: String,
+    pub(super) session_token: String,
+    pub(super) expires_at: i64,
+    /// `arn:aws:sts::<account>:assumed-role/<role>/<session>`.
+    pub(super) arn: String,
+    /// `AROA...:<session>`.
+    pub(super) user_id: String,
+    pub(super) account: String,
+}
+
 #[derive(Default)]
 pub(super) struct Inner {
+    /// Role credentials issued by `AssumeRole`, by access key id.
+    pub(super) issued: HashMap<String, Issued>,
     pub(super) default_lifetime_secs: i64,
     pub(super) client_lifetime_secs: HashMap<String, i64>,
     pub(super) credentials_lifetime: Option<Duration>,

@@ -1,6 +1,9 @@
 //! Simulated STS `AssumeRole` with one Identity Center provided context: validates the form
 //! fields, accepts only identity contexts the simulator issued and whose token is still
-//! valid, and answers the awsQuery XML the SDK parses.
+//! valid, and answers the awsQuery XML the SDK parses. The credentials it issues are kept,
+//! so `GetCallerIdentity` signed with them (checked in `sigv4`, session token included, as
+//! the real STS does) answers the assumed-role identity: one signed AWS call works end to
+//! end in dev mode. Signed with the simulator's own key it answers an IAM user of that key.
 //!
 //! Role trust policies, session policies and tags are not simulated; other actions get
 //! `InvalidAction`.
@@ -8,10 +11,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::state::Shared;
+use super::state::{Issued, Shared};
 use super::wire::{self, xml_escape, Answer};
 
 pub(super) const ACTION: &str = "AssumeRole";
+const CALLER_IDENTITY: &str = "GetCallerIdentity";
+/// The account `GetCallerIdentity` names for the simulator's own key.
+const SIM_ACCOUNT: &str = "000000000000";
 const VERSION: &str = "2011-06-15";
 const IDENTITY_CENTER_PROVIDER: &str = "arn:aws:iam::aws:contextProvider/IdentityCenter";
 const PROVIDER_ARN: &str = "ProvidedContexts.member.1.ProviderArn";
@@ -58,14 +64,17 @@ fn validation(message: &str) -> Answer {
     Answer::sts_error(400, "ValidationError", message)
 }
 
-/// Answers one STS call.
-pub(super) fn answer(shared: &Shared, body: &Body) -> Answer {
+/// Answers one STS call; `caller` is the issued access key id that signed it, if any.
+pub(super) fn answer(shared: &Shared, body: &Body, caller: Option<&str>) -> Answer {
     let fields = match body {
         Ok(f) => f,
         Err(why) => return validation(why),
     };
     let field = |k: &str| fields.get(k).map(String::as_str);
     let action = field("Action").unwrap_or_default();
+    if action == CALLER_IDENTITY && field("Version") == Some(VERSION) {
+        return caller_identity(shared, caller);
+    }
     if action != ACTION || field("Version") != Some(VERSION) {
         return Answer::sts_error(
             400,
@@ -121,34 +130,84 @@ pub(super) fn answer(shared: &Shared, body: &Body) -> Answer {
     };
     let lifetime = credentials_lifetime.unwrap_or(Duration::from_secs(duration));
     let expiration = now.saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+    let access_key_id = format!("ASIA{}", wire::random_upper(16));
+    let secret_access_key = wire::random_alnum(40);
+    let session_token = wire::random_alnum(120);
+    let role_id = format!("AROA{}", wire::random_upper(17));
+    shared.lock().issued.insert(
+        access_key_id.clone(),
+        Issued {
+            secret_access_key: secret_access_key.clone(),
+            session_token: session_token.clone(),
+            expires_at: expiration,
+            arn: format!("arn:aws:sts::{account}:assumed-role/{role_name}/{session_name}"),
+            user_id: format!("{role_id}:{session_name}"),
+            account: account.to_owned(),
+        },
+    );
     Answer::xml(
         200,
         format!(
             "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
              <AssumeRoleResult>\
              <Credentials>\
-             <AccessKeyId>ASIA{}</AccessKeyId>\
+             <AccessKeyId>{}</AccessKeyId>\
              <SecretAccessKey>{}</SecretAccessKey>\
              <SessionToken>{}</SessionToken>\
              <Expiration>{}</Expiration>\
              </Credentials>\
              <AssumedRoleUser>\
-             <AssumedRoleId>AROA{}:{}</AssumedRoleId>\
+             <AssumedRoleId>{}:{}</AssumedRoleId>\
              <Arn>arn:aws:sts::{}:assumed-role/{}/{}</Arn>\
              </AssumedRoleUser>\
              <PackedPolicySize>0</PackedPolicySize>\
              </AssumeRoleResult>\
              <ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata>\
              </AssumeRoleResponse>",
-            wire::random_upper(16),
-            wire::random_alnum(40),
-            wire::random_alnum(120),
+            access_key_id,
+            secret_access_key,
+            session_token,
             wire::rfc3339(expiration),
-            wire::random_upper(17),
+            role_id,
             xml_escape(session_name),
             account,
             xml_escape(role_name),
             xml_escape(session_name),
+            wire::request_id(),
+        ),
+    )
+}
+
+/// `GetCallerIdentity`: who signed the call.
+fn caller_identity(shared: &Shared, caller: Option<&str>) -> Answer {
+    let (arn, user_id, account) = match caller.and_then(|key| {
+        let inner = shared.lock();
+        let issued = inner.issued.get(key)?;
+        Some((
+            issued.arn.clone(),
+            issued.user_id.clone(),
+            issued.account.clone(),
+        ))
+    }) {
+        Some(who) => who,
+        None => (
+            format!("arn:aws:iam::{SIM_ACCOUNT}:user/iamtokend-sim"),
+            "AIDASIMULATOR0000001".to_owned(),
+            SIM_ACCOUNT.to_owned(),
+        ),
+    };
+    Answer::xml(
+        200,
+        format!(
+            "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+             <GetCallerIdentityResult>\
+             <Arn>{}</Arn><UserId>{}</UserId><Account>{}</Account>\
+             </GetCallerIdentityResult>\
+             <ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata>\
+             </GetCallerIdentityResponse>",
+            xml_escape(&arn),
+            xml_escape(&user_id),
+            account,
             wire::request_id(),
         ),
     )

@@ -786,6 +786,97 @@ async fn assume_role_with_an_identity_context() {
     assert!(sim.calls().is_empty());
 }
 
+/// Credentials the simulated STS issued sign `GetCallerIdentity`, which names the assumed
+/// role; a wrong session token, a wrong secret or expired credentials are refused.
+#[tokio::test]
+async fn get_caller_identity_with_issued_credentials() {
+    let (sim, c) = start().await;
+    let out = jwt_bearer(&c.oidc, CLIENT, &jwt(r#"{"sub":"alice"}"#))
+        .await
+        .unwrap();
+    let context = out
+        .aws_additional_details()
+        .unwrap()
+        .identity_context()
+        .unwrap()
+        .to_owned();
+    let role = assume_role(&c.sts, &context).await.unwrap();
+    let creds = role.credentials().unwrap();
+    let sts_with = |secret: &str, token: &str| {
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(sim.endpoint_url())
+            .credentials_provider(Credentials::new(
+                creds.access_key_id(),
+                secret,
+                Some(token.to_owned()),
+                None,
+                "test",
+            ))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_sts::Client::from_conf(config)
+    };
+    let me = sts_with(creds.secret_access_key(), creds.session_token())
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("signed with issued credentials");
+    assert_eq!(
+        me.arn(),
+        Some("arn:aws:sts::123456789012:assumed-role/AnalyticsTIP/iamtokend-analytics")
+    );
+    assert_eq!(me.account(), Some("123456789012"));
+    assert!(me.user_id().unwrap().ends_with(":iamtokend-analytics"));
+
+    let err = sts_with(creds.secret_access_key(), "not-the-token")
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.into_service_error().code(),
+        Some("InvalidClientTokenId")
+    );
+    let err = sts_with("wrong-secret", creds.session_token())
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.into_service_error().code(),
+        Some("SignatureDoesNotMatch")
+    );
+
+    // The simulator's own key answers its IAM user.
+    let me = c.sts.get_caller_identity().send().await.unwrap();
+    assert_eq!(me.account(), Some("000000000000"));
+
+    sim.set_credentials_lifetime(Some(Duration::from_secs(0)));
+    let role = assume_role(&c.sts, &context).await.unwrap();
+    let stale = role.credentials().unwrap();
+    let config = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(sim.endpoint_url())
+        .credentials_provider(Credentials::new(
+            stale.access_key_id(),
+            stale.secret_access_key(),
+            Some(stale.session_token().to_owned()),
+            None,
+            "test",
+        ))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    let err = aws_sdk_sts::Client::from_conf(config)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.into_service_error().code(), Some("ExpiredToken"));
+}
+
 /// A request signed with aws-sigv4 directly, as raw HTTP/1.1 text.
 fn signed_request(sim: &Sim, path: &str, service: &str, content_type: &str, body: &str) -> String {
     signed_request_at(sim, path, service, content_type, body, wire::now())
@@ -880,7 +971,7 @@ async fn garbage_gets_answers_not_panics() {
         assert!(answer.starts_with("HTTP/1.1 400"), "{body}: {answer}");
     }
     for body in [
-        "Action=GetCallerIdentity&Version=2011-06-15",
+        "Action=GetSessionToken&Version=2011-06-15",
         "%zz",
         "Action=AssumeRole&Version=2011-06-15",
     ] {

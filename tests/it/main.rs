@@ -18,6 +18,9 @@ mod cli;
 mod cli_server;
 // Role credentials: `/credentials`, `credential-process` under the AWS SDK, caching, refresh.
 mod credentials;
+// The loopback credentials endpoint and `exec`: the Rust SDK's ECS provider and botocore
+// through it, the token, Origin, hostile bytes on the port, exit codes and signals.
+mod endpoint;
 // Upstream 500s, resets, hangs, garbled and absurd answers: the end state, no hot loop.
 mod faults;
 // Each grant reaches ready and serves the simulator's token; the assertion is re-read.

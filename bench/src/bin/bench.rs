@@ -6,7 +6,7 @@
 //! processes, with the environment the integration tests use (the simulator's keys, no AWS
 //! profile files, no IMDS).
 //!
-//! `iamtokend-bench --bin-dir DIR [--quick] [--only token,cp,burst,apps] [--apps N] [--idle SECS]`
+//! `iamtokend-bench --bin-dir DIR [--quick] [--only token,cp,burst,endpoint,exec,apps] [--apps N] [--idle SECS]`
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use iamtokend::sim::{Sim, SimOptions};
 use iamtokend_bench::{
-    cpu_seconds, get_once, load, p50_p99_ms, proc_status_kb, raise_nofile_limit, wait_answering,
-    Connection, Figures,
+    cpu_seconds, get_once, load, load_target, p50_p99_ms, proc_status_kb, raise_nofile_limit,
+    wait_answering, Connection, Figures, Target,
 };
 use tokio::runtime::Runtime;
 
@@ -70,7 +70,7 @@ impl Options {
                         .collect()
                 }
                 other => {
-                    eprintln!("unknown argument {other:?}; usage: iamtokend-bench --bin-dir DIR [--quick] [--only token,cp,burst,apps] [--apps N] [--idle SECS]");
+                    eprintln!("unknown argument {other:?}; usage: iamtokend-bench --bin-dir DIR [--quick] [--only token,cp,burst,endpoint,exec,apps] [--apps N] [--idle SECS]");
                     std::process::exit(2);
                 }
             }
@@ -214,7 +214,7 @@ impl Tree {
         std::fs::create_dir_all(dir.join("apps.d")).unwrap();
         let tree = Tree { dir };
         let main = format!(
-            "[server]\nsocket = \"{}\"\n\n[state]\ndir = \"{}\"\n\n{main_extra}",
+            "[server]\nsocket = \"{}\"\ncredentials_listen = \"127.0.0.1:0\"\n\n[state]\ndir = \"{}\"\n\n{main_extra}",
             tree.socket().display(),
             tree.dir.join("state").display()
         );
@@ -562,6 +562,10 @@ fn token_sections(
         );
     }
 
+    if opts.wants("endpoint") || opts.wants("exec") {
+        endpoint_sections(opts, rt, &socket, summary);
+    }
+
     if opts.wants("burst") {
         println!(
             "\n== {} concurrent callers on an expiring token (?min_ttl above what is left)",
@@ -645,6 +649,188 @@ fn token_sections(
         }
     }
     daemon.stop();
+}
+
+/// The loopback credentials endpoint: an SDK-style credentials GET (keep-alive, the token in
+/// `Authorization`) against a bare hyper TCP server answering the same bytes; and `exec
+/// /bin/true` against the least a wrapper must do (one socket request, then `/bin/true`).
+fn endpoint_sections(opts: &Options, rt: &Runtime, socket: &Path, summary: &mut Summary) {
+    let (status, body) = rt
+        .block_on(get_once(socket, "/v1/apps/bench/endpoint"))
+        .expect("endpoint");
+    assert_eq!(status, 200, "endpoint: {}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("endpoint JSON");
+    let url = answer["url"].as_str().expect("url");
+    let token = answer["authorization_token"].as_str().expect("token");
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_once('/').expect("a path");
+    let path = format!("/{path}");
+    let daemon = Target::Tcp {
+        addr: addr.to_owned(),
+        authorization: token.to_owned(),
+    };
+
+    if opts.wants("endpoint") {
+        println!("\n== credentials GET on the loopback endpoint (SDK-style: keep-alive, Authorization; best of {ROUNDS} alternating rounds of {:?} after {:?} warm-up)", opts.duration, opts.warmup);
+        let body = rt
+            .block_on(async {
+                let mut c = Connection::connect(&daemon)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                c.get(&path).await
+            })
+            .expect("credentials on the port");
+        assert_eq!(body.0, 200, "{}", String::from_utf8_lossy(&body.1));
+        let body_file = opts.work.join("endpoint-body.json");
+        std::fs::write(&body_file, &body.1).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let floor_addr = format!("127.0.0.1:{port}");
+        let floor = Proc {
+            child: Some(
+                Command::new(opts.bin("bench-floor"))
+                    .arg(format!("tcp:{floor_addr}"))
+                    .arg(&body_file)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("floor starts"),
+            ),
+            name: "bench-floor",
+        };
+        let floor_target = Target::Tcp {
+            addr: floor_addr,
+            authorization: token.to_owned(),
+        };
+        rt.block_on(async {
+            for _ in 0..200 {
+                if let Ok(mut c) = Connection::connect(&floor_target).await {
+                    if c.get(&path).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the TCP floor does not answer");
+        });
+        println!(
+            "  body: {} bytes (the floor answers the same bytes)",
+            body.1.len()
+        );
+        println!(
+            "  {:>5}  {:>12} {:>9} {:>9}   {:>12} {:>9} {:>9}   {:>6}",
+            "conns", "floor req/s", "p50 µs", "p99 µs", "daemon req/s", "p50 µs", "p99 µs", "ratio"
+        );
+        for conns in [1usize, 16] {
+            let mut f: Option<Figures> = None;
+            let mut d: Option<Figures> = None;
+            for _ in 0..ROUNDS {
+                let fr = rt.block_on(load_target(
+                    &floor_target,
+                    &path,
+                    conns,
+                    opts.warmup,
+                    opts.duration,
+                ));
+                let dr = rt.block_on(load_target(
+                    &daemon,
+                    &path,
+                    conns,
+                    opts.warmup,
+                    opts.duration,
+                ));
+                if f.is_none_or(|b| fr.rps > b.rps) {
+                    f = Some(fr);
+                }
+                if d.is_none_or(|b| dr.rps > b.rps) {
+                    d = Some(dr);
+                }
+            }
+            let (f, d) = (f.unwrap(), d.unwrap());
+            let ratio = d.rps / f.rps;
+            println!(
+                "  {conns:>5}  {:>12.0} {:>9.0} {:>9.0}   {:>12.0} {:>9.0} {:>9.0}   {:>6.2}{}",
+                f.rps,
+                f.p50_us,
+                f.p99_us,
+                d.rps,
+                d.p50_us,
+                d.p99_us,
+                ratio,
+                if f.errors + d.errors > 0 {
+                    format!("  errors: floor {} daemon {}", f.errors, d.errors)
+                } else {
+                    String::new()
+                }
+            );
+            summary.add(
+                format!("endpoint GET, {conns} conn: daemon vs floor"),
+                "≥ 0.80×",
+                format!("{:.2}× ({} vs {})", ratio, fmt_rps(&d), fmt_rps(&f)),
+                Some(ratio >= 0.8 && d.errors == 0),
+            );
+        }
+        floor.stop();
+    }
+
+    if opts.wants("exec") {
+        println!(
+            "\n== exec /bin/true wall time ({} runs each, interleaved)",
+            opts.runs
+        );
+        let socket_arg = socket.to_str().unwrap();
+        let run = |cmd: &mut Command| {
+            let started = Instant::now();
+            let out = cmd.stdin(Stdio::null()).output().expect("runs");
+            let took = started.elapsed();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            took
+        };
+        let mut ours = Vec::with_capacity(opts.runs);
+        let mut minimal = Vec::with_capacity(opts.runs);
+        for i in 0..opts.runs + 5 {
+            let a = run(Command::new(opts.bin("iamtokend")).args([
+                "--socket",
+                socket_arg,
+                "exec",
+                "bench",
+                "/bin/true",
+            ]));
+            let b = run(Command::new(opts.bin("bench-oneshot"))
+                .args([socket_arg, "/v1/apps/bench/endpoint"])
+                .stdout(Stdio::null()))
+                + run(&mut Command::new("/bin/true"));
+            if i >= 5 {
+                ours.push(a);
+                minimal.push(b);
+            }
+        }
+        let (o50, o99) = p50_p99_ms(&mut ours);
+        let (m50, m99) = p50_p99_ms(&mut minimal);
+        println!(
+            "  iamtokend exec bench /bin/true                  p50 {o50:.2} ms  p99 {o99:.2} ms"
+        );
+        println!(
+            "  minimal client (bench-oneshot) + /bin/true      p50 {m50:.2} ms  p99 {m99:.2} ms"
+        );
+        summary.add(
+            "exec /bin/true p50 vs minimal client + /bin/true",
+            "-",
+            format!("{:.2}× ({o50:.2} vs {m50:.2} ms)", o50 / m50),
+            None,
+        );
+        summary.add(
+            "exec /bin/true p99 vs minimal client + /bin/true",
+            "-",
+            format!("{:.2}× ({o99:.2} vs {m99:.2} ms)", o99 / m99),
+            None,
+        );
+    }
 }
 
 /// Many apps: config load, start-up to all ready, memory, idle CPU.
@@ -807,7 +993,10 @@ fn main() {
         );
     }
     let mut summary = Summary::default();
-    if opts.wants("token") || opts.wants("cp") || opts.wants("burst") {
+    if ["token", "cp", "burst", "endpoint", "exec"]
+        .iter()
+        .any(|s| opts.wants(s))
+    {
         token_sections(&opts, &rt, &sim, &sim_opts, &mut summary);
     }
     if opts.wants("apps") {
