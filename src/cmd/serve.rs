@@ -19,6 +19,10 @@ use crate::upstream::clients::Upstreams;
 /// Serves the config at `file` with the SDK's credentials; `hardened` is what the process
 /// hardening at start achieved, logged here once logging is up.
 pub async fn run(file: &Path, hardened: Option<crate::harden::Hardened>) -> Result<(), Failure> {
+    // Before the config is read, so the refusal is the one line a stray variable gets.
+    if let Some(why) = crate::clock::refuse_test_controls() {
+        return Err(Failure::failed(why));
+    }
     let config = crate::config::load(file).map_err(|d| {
         Failure::failed(format!(
             "refusing to start: the config has errors\n{}",
