@@ -44,17 +44,17 @@ impl Drop for Broker {
 
 /// What a reload did, for the log and for tests.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Apps started that did not exist before.
-    pub added: Vec<String>,
+    pub(crate) added: Vec<String>,
     /// Apps stopped, and their saved state deleted.
-    pub removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// Apps restarted with a new config (or because their subject app was).
-    pub changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
     /// Apps left running as they were.
-    pub unchanged: Vec<String>,
+    pub(crate) unchanged: Vec<String>,
     /// Settings that changed but apply only at restart.
-    pub needs_restart: Vec<&'static str>,
+    pub(crate) needs_restart: Vec<&'static str>,
 }
 
 impl Broker {
@@ -115,7 +115,7 @@ impl Broker {
     /// makes no call. A token-exchange app whose subject app is restarted is restarted too,
     /// so it watches the new one. `[refresh]` applies to every app from its next scheduling
     /// decision; `[server]`, `[state]` and `[log]` only at restart (reported).
-    pub async fn reload(&self, mut new: Config) -> ReloadReport {
+    pub(crate) async fn reload(&self, mut new: Config) -> ReloadReport {
         let mut current = self.config.lock().await;
         let mut report = ReloadReport::default();
         if current.server != new.server {
@@ -247,7 +247,7 @@ impl Broker {
 
     /// Stops every app at once, letting calls in flight finish within `limit` (so a rotated
     /// refresh token is saved); whatever is still running after that is left to process exit.
-    pub async fn stop(&self, limit: std::time::Duration) {
+    pub(crate) async fn stop(&self, limit: std::time::Duration) {
         // The sink files stay: readers keep working through a restart until they expire.
         self.sinks.stop().await;
         let apps = std::mem::take(&mut *self.write());
@@ -265,12 +265,12 @@ impl Broker {
     }
 
     /// The file sinks of `app`, for `status` and `/metrics`.
-    pub fn sinks_of(&self, app: &str) -> Vec<crate::sinks::SinkView> {
+    pub(crate) fn sinks_of(&self, app: &str) -> Vec<crate::sinks::SinkView> {
         self.sinks.of(app)
     }
 
     /// The credentials endpoint's tokens and address (CONTRACT §5b).
-    pub fn endpoints(&self) -> &crate::endpoint::EndpointTokens {
+    pub(crate) fn endpoints(&self) -> &crate::endpoint::EndpointTokens {
         &self.endpoints
     }
 
@@ -286,13 +286,13 @@ impl Broker {
     }
 
     /// The daemon's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
 
     /// Resolves once every app has finished its first attempt (whatever its outcome), so
     /// the start-up wave of calls is over.
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         for app in self.apps() {
             let mut snapshots = app.subscribe();
             let _ = snapshots
@@ -302,7 +302,7 @@ impl Broker {
     }
 
     /// Whether state files are written sealed (not sealed when there is no state dir).
-    pub fn seal_status(&self) -> crate::seal::SealStatus {
+    pub(crate) fn seal_status(&self) -> crate::seal::SealStatus {
         self.shared
             .store
             .as_ref()
@@ -310,24 +310,24 @@ impl Broker {
     }
 
     /// The clock every app runs on.
-    pub fn clock(&self) -> &Clock {
+    pub(crate) fn clock(&self) -> &Clock {
         &self.clock
     }
 
     /// One app.
-    pub fn app(&self, name: &str) -> Option<Arc<AppHandle>> {
+    pub(crate) fn app(&self, name: &str) -> Option<Arc<AppHandle>> {
         self.read().get(name).cloned()
     }
 
     /// Every app, by name.
-    pub fn apps(&self) -> Vec<Arc<AppHandle>> {
+    pub(crate) fn apps(&self) -> Vec<Arc<AppHandle>> {
         self.read().values().cloned().collect()
     }
 
     /// The refresh machinery's liveness (the systemd watchdog): every app's owner task answers
     /// a ping, all within `wait`. Owners answer at once, even mid-call, so `false` means one
     /// is dead or wedged. With no apps there is nothing to be wedged: `true`.
-    pub async fn alive(&self, wait: std::time::Duration) -> bool {
+    pub(crate) async fn alive(&self, wait: std::time::Duration) -> bool {
         let apps = self.apps();
         let all = async {
             for app in &apps {
@@ -402,7 +402,7 @@ fn roles_of(config: &Config, endpoint_on: bool) -> Vec<(String, Option<String>)>
 }
 
 /// `[refresh]` as the policy functions take it.
-pub fn policy_of(config: &Config) -> Policy {
+pub(crate) fn policy_of(config: &Config) -> Policy {
     Policy {
         at: config.refresh.at,
         jitter: config.refresh.jitter,
@@ -414,7 +414,7 @@ pub fn policy_of(config: &Config) -> Policy {
 /// Hands the heap's free pages back to the kernel (glibc keeps them otherwise). Called after
 /// the start-up wave and after a reload: both allocate and free a burst of per-app call
 /// state, which would else stay in the daemon's RSS for good.
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

@@ -10,18 +10,18 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     /// The daemon's socket (client subcommands).
     #[arg(long, global = true, env = "IAMTOKEND_SOCKET", value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// The main config file.
     #[arg(long, global = true, env = "IAMTOKEND_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// How long a client subcommand waits for the daemon's answer, in seconds (default 60;
     /// `login --timeout` is the wait for the browser instead).
     #[arg(long, env = "IAMTOKEND_TIMEOUT", value_name = "SECS", value_parser = timeout_secs())]
-    pub timeout: Option<u64>,
+    pub(crate) timeout: Option<u64>,
     /// Also believe a daemon running as this uid (instead of the `iamtokend` user's); root
     /// and your own uid are always believed.
     #[arg(long, global = true, env = "IAMTOKEND_SERVER_UID", value_name = "UID")]
-    pub server_uid: Option<u32>,
+    pub(crate) server_uid: Option<u32>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -148,7 +148,7 @@ impl Command {
 pub struct ClientArgs {
     /// How long to wait for the daemon's answer, in seconds (default 60).
     #[arg(long, value_name = "SECS", value_parser = timeout_secs())]
-    pub timeout: Option<u64>,
+    pub(crate) timeout: Option<u64>,
 }
 
 fn timeout_secs() -> clap::builder::RangedU64ValueParser {
@@ -199,7 +199,7 @@ impl CompletionShell {
     /// The static completion script for this shell, from these definitions (subcommands,
     /// options, `--format` values); the packaged copies under `pkg/completions/` are these
     /// bytes. App names are not completed: see the README.
-    pub fn script(self) -> String {
+    pub(crate) fn script(self) -> String {
         let shell = match self {
             CompletionShell::Bash => clap_complete::Shell::Bash,
             CompletionShell::Zsh => clap_complete::Shell::Zsh,

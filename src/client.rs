@@ -85,7 +85,7 @@ pub struct Answer {
 
 impl Answer {
     /// The error envelope's message, or the status.
-    pub fn error_message(&self) -> String {
+    pub(crate) fn error_message(&self) -> String {
         self.body
             .pointer("/error/message")
             .and_then(Value::as_str)

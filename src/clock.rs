@@ -34,16 +34,16 @@ use tracing::{info, warn};
 
 /// How often the resume detector compares the clocks: two `clock_gettime` calls and one
 /// `SystemTime` read per tick (about 150 ns every 5 s while idle).
-pub const RESUME_CHECK: Duration = Duration::from_secs(5);
+pub(crate) const RESUME_CHECK: Duration = Duration::from_secs(5);
 
 /// Suspended time that counts as a resume (smaller growth is noise and is not reported).
-pub const RESUME_THRESHOLD: Duration = Duration::from_secs(1);
+pub(crate) const RESUME_THRESHOLD: Duration = Duration::from_secs(1);
 
 /// A step of the system clock, relative to the daemon's wall timeline, worth a warning.
-pub const WALL_STEP_THRESHOLD: Duration = Duration::from_secs(2);
+pub(crate) const WALL_STEP_THRESHOLD: Duration = Duration::from_secs(2);
 
 /// The test control (debug builds only): a file holding the seconds of simulated suspend.
-pub const TEST_SUSPEND_ENV: &str = "IAMTOKEND_TEST_SUSPEND_FILE";
+pub(crate) const TEST_SUSPEND_ENV: &str = "IAMTOKEND_TEST_SUSPEND_FILE";
 
 /// How often the detector re-reads the test control's file (debug builds, control set).
 #[cfg(debug_assertions)]
@@ -53,26 +53,28 @@ const TEST_RESUME_CHECK: Duration = Duration::from_millis(100);
 /// (a boottime reading, offset to the clock's start). Tests write explicit instants with
 /// [`BootInstant::from_secs`]. Differences saturate at zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct BootInstant(Duration);
+pub(crate) struct BootInstant(Duration);
 
 impl BootInstant {
     /// The instant `secs` after a clock's start (tests, tables).
-    pub const fn from_secs(secs: u64) -> BootInstant {
+    #[cfg(test)]
+    pub(crate) const fn from_secs(secs: u64) -> BootInstant {
         BootInstant(Duration::from_secs(secs))
     }
 
     /// Time from `earlier` to `self`, zero if `earlier` is later.
-    pub fn saturating_duration_since(self, earlier: BootInstant) -> Duration {
+    pub(crate) fn saturating_duration_since(self, earlier: BootInstant) -> Duration {
         self.0.saturating_sub(earlier.0)
     }
 
     /// `self − d`, if that is not before the clock's start.
-    pub fn checked_sub(self, d: Duration) -> Option<BootInstant> {
+    pub(crate) fn checked_sub(self, d: Duration) -> Option<BootInstant> {
         self.0.checked_sub(d).map(BootInstant)
     }
 
     /// Time since the clock's start.
-    pub fn since_start(self) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn since_start(self) -> Duration {
         self.0
     }
 }
@@ -201,18 +203,22 @@ impl Clock {
 
     /// A clock whose current wall time is `wall`, whose system clock never steps and which
     /// sees no suspend but what a test injects (tests).
-    pub fn anchored_at(wall: SystemTime) -> Clock {
+    #[cfg(test)]
+    pub(crate) fn anchored_at(wall: SystemTime) -> Clock {
         Clock::make(wall, None, None)
     }
 
     /// A clock anchored at `wall_source()`'s reading now, with `wall_source` as the live
     /// system clock (tests that step it); no system suspends are read.
-    pub fn with_wall_source(wall_source: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+    #[cfg(test)]
+    pub(crate) fn with_wall_source(
+        wall_source: impl Fn() -> SystemTime + Send + Sync + 'static,
+    ) -> Clock {
         Clock::make(wall_source(), Some(Box::new(wall_source)), None)
     }
 
     /// Time spent suspended since the clock was made: the system's (if read) plus injected.
-    pub fn suspended(&self) -> Duration {
+    pub(crate) fn suspended(&self) -> Duration {
         let inner = &self.inner;
         let system = match inner.system_base {
             Some(base) => {
@@ -236,7 +242,7 @@ impl Clock {
     }
 
     /// Now on the expiry timeline: what every validity and due decision uses.
-    pub fn now(&self) -> BootInstant {
+    pub(crate) fn now(&self) -> BootInstant {
         let running =
             tokio::time::Instant::now().saturating_duration_since(self.inner.base_instant);
         BootInstant(running.saturating_add(self.suspended()))
@@ -244,14 +250,14 @@ impl Clock {
 
     /// The tokio instant to sleep until so as to wake at `at`, if no suspend comes between
     /// (one that does bumps [`Clock::resumes`], and the sleeper recomputes).
-    pub fn deadline(&self, at: BootInstant) -> tokio::time::Instant {
+    pub(crate) fn deadline(&self, at: BootInstant) -> tokio::time::Instant {
         let tokio_now = tokio::time::Instant::now();
         tokio_now + (at - self.now())
     }
 
     /// Sleeps until `at` on the expiry timeline, or until the next resume, whichever is first
     /// (the caller then re-checks).
-    pub async fn sleep_until(&self, at: BootInstant) {
+    pub(crate) async fn sleep_until(&self, at: BootInstant) {
         let mut resumes = self.resumes();
         tokio::select! {
             _ = tokio::time::sleep_until(self.deadline(at)) => {}
@@ -260,17 +266,17 @@ impl Clock {
     }
 
     /// A receiver of the resume epoch: it changes on every resume the detector notices.
-    pub fn resumes(&self) -> watch::Receiver<u64> {
+    pub(crate) fn resumes(&self) -> watch::Receiver<u64> {
         self.inner.resumes.subscribe()
     }
 
     /// The wall time of an instant: the anchor plus the boottime elapsed.
-    pub fn wall(&self, at: BootInstant) -> SystemTime {
+    pub(crate) fn wall(&self, at: BootInstant) -> SystemTime {
         self.inner.base_wall + at.0
     }
 
     /// Wall time now, on the daemon's timeline (not the live system clock).
-    pub fn wall_now(&self) -> SystemTime {
+    pub(crate) fn wall_now(&self) -> SystemTime {
         self.wall(self.now())
     }
 
@@ -285,7 +291,7 @@ impl Clock {
     /// The instant of an absolute wall time (an STS `Expiration`): now plus the time until it
     /// on the daemon's timeline or on the live system clock, whichever is less, so neither a
     /// step forward since start nor one back makes it later than it is.
-    pub fn instant_of(&self, wall: SystemTime) -> BootInstant {
+    pub(crate) fn instant_of(&self, wall: SystemTime) -> BootInstant {
         let now = self.now();
         let signed = |reference: SystemTime| -> i128 {
             match wall.duration_since(reference) {
@@ -350,7 +356,7 @@ impl Clock {
     /// what it last reported; a growth of more than [`RESUME_THRESHOLD`] is logged as
     /// `resumed after N s` and bumps [`Clock::resumes`]. A step of the live wall clock against
     /// the daemon's timeline of more than [`WALL_STEP_THRESHOLD`] is warned about once.
-    pub async fn watch_resumes(self) {
+    pub(crate) async fn watch_resumes(self) {
         let mut ticks = tokio::time::interval(self.check_every());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = self.suspended();
@@ -394,14 +400,14 @@ fn stepped(before: i128, now: i128) -> Option<i128> {
 
 /// Why the daemon must not start: a test control set in a release build. `release` and `set`
 /// are the build kind and whether [`TEST_SUSPEND_ENV`] is set.
-pub fn test_control_refusal(release: bool, set: bool) -> Option<String> {
+pub(crate) fn test_control_refusal(release: bool, set: bool) -> Option<String> {
     (release && set).then(|| {
         format!("refusing to start: {TEST_SUSPEND_ENV} is a test control that release builds do not have")
     })
 }
 
 /// [`test_control_refusal`] for this build and environment.
-pub fn refuse_test_controls() -> Option<String> {
+pub(crate) fn refuse_test_controls() -> Option<String> {
     test_control_refusal(
         !cfg!(debug_assertions),
         std::env::var_os(TEST_SUSPEND_ENV).is_some(),
@@ -411,13 +417,13 @@ pub fn refuse_test_controls() -> Option<String> {
 /// The raw `CLOCK_MONOTONIC` reading in microseconds, as systemd's `MONOTONIC_USEC=` wants it
 /// (systemd compares it with its own reading of that clock). A wire value only: nothing is
 /// scheduled on it, so it need not follow tokio's paused clock.
-pub fn monotonic_usec() -> u64 {
+pub(crate) fn monotonic_usec() -> u64 {
     let d = read(libc::CLOCK_MONOTONIC);
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// RFC 3339 UTC with a `Z`, whole seconds: "2026-11-27T01:00:00Z".
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -101,7 +101,7 @@ pub(crate) fn container_json(creds: &Credentials, role_arn: &str) -> serde_json:
 
 /// Every app's endpoint token, and where the endpoint listens once bound.
 #[derive(Debug, Default)]
-pub struct EndpointTokens {
+pub(crate) struct EndpointTokens {
     /// std `RwLock`: held to clone an `Arc` or swap the map, never across an await.
     tokens: RwLock<BTreeMap<String, Arc<EndpointToken>>>,
     /// The bound address (the real port when `credentials_listen` asked for port 0); unset
@@ -116,12 +116,12 @@ impl EndpointTokens {
     }
 
     /// Records where the endpoint listens (once; later calls are ignored).
-    pub fn set_addr(&self, addr: SocketAddr) {
+    pub(crate) fn set_addr(&self, addr: SocketAddr) {
         let _ = self.addr.set(addr);
     }
 
     /// Where the endpoint listens, when it does.
-    pub fn addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn addr(&self) -> Option<SocketAddr> {
         self.addr.get().copied()
     }
 

@@ -20,19 +20,19 @@ use crate::secret::Secret;
 use crate::upstream::GrantRequest;
 
 /// How long an `assertion_command` may run before it is killed.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest assertion or refresh token read (JWTs are a few KiB; this bounds a runaway file).
-pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 /// A grant input could not be had. `code` is snake_case for `last_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct SourceError {
+pub(crate) struct SourceError {
     /// e.g. "assertion_unreadable".
-    pub code: &'static str,
+    pub(crate) code: &'static str,
     /// One sentence naming the source.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl SourceError {
@@ -98,7 +98,7 @@ where
 }
 
 /// Reads the jwt-bearer assertion anew.
-pub async fn read_assertion(source: &AssertionSource) -> Result<Secret, SourceError> {
+pub(crate) async fn read_assertion(source: &AssertionSource) -> Result<Secret, SourceError> {
     match source {
         AssertionSource::File(path) => read_secret_file(path, "assertion_file").await,
         AssertionSource::Command(argv) => run_assertion_command(argv).await,
@@ -106,7 +106,7 @@ pub async fn read_assertion(source: &AssertionSource) -> Result<Secret, SourceEr
 }
 
 /// Reads a secret from a file, trimmed; empty is an error.
-pub async fn read_secret_file(path: &Path, what: &str) -> Result<Secret, SourceError> {
+pub(crate) async fn read_secret_file(path: &Path, what: &str) -> Result<Secret, SourceError> {
     let code = if what == "assertion_file" {
         "assertion_unreadable"
     } else {
@@ -263,7 +263,7 @@ pub fn identity_context_claim(id_token: &str) -> Option<String> {
 }
 
 /// A string claim of a JWT's payload (read without verifying: the daemon only routes on it).
-pub fn identity_claim(id_token: &str, claim: &str) -> Option<String> {
+pub(crate) fn identity_claim(id_token: &str, claim: &str) -> Option<String> {
     use base64::Engine;
     let payload = id_token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

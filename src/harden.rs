@@ -18,16 +18,16 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// What [`harden`] achieved, for one log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hardened {
+pub(crate) struct Hardened {
     /// `PR_GET_DUMPABLE` read back after setting it.
-    pub dumpable: bool,
+    pub(crate) dumpable: bool,
     /// Whether `RLIMIT_CORE` is now 0 (soft and hard).
-    pub core_limit_zero: bool,
+    pub(crate) core_limit_zero: bool,
 }
 
 /// Makes the process non-dumpable and sets its core size limit to 0. Failures are not fatal
 /// (a seccomp filter may forbid `prctl`); the result says what holds, and the caller logs it.
-pub fn harden() -> Hardened {
+pub(crate) fn harden() -> Hardened {
     let _ = prctl::set_dumpable(false);
     let core_limit_zero = setrlimit(Resource::RLIMIT_CORE, 0, 0).is_ok();
     Hardened {

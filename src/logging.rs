@@ -26,7 +26,7 @@ const CAPPED: &[&str] = &[
 ];
 
 /// The filter for `level` (an EnvFilter directive), or `RUST_LOG` when set, with the caps.
-pub fn filter(level: &str) -> EnvFilter {
+pub(crate) fn filter(level: &str) -> EnvFilter {
     let base = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -40,7 +40,7 @@ pub fn filter(level: &str) -> EnvFilter {
 
 /// Installs the global subscriber (once; later calls are ignored). Colours only on a
 /// terminal: under systemd stderr goes to the journal, where escape codes are noise.
-pub fn init(format: LogFormat, level: &str) {
+pub(crate) fn init(format: LogFormat, level: &str) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))

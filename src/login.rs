@@ -27,24 +27,24 @@ use crate::secret::Secret;
 
 /// What the authorize URL needs.
 #[derive(Debug)]
-pub struct AuthorizeRequest<'a> {
+pub(crate) struct AuthorizeRequest<'a> {
     /// The OIDC endpoint (`endpoint_url`, or `https://oidc.REGION.amazonaws.com`).
-    pub endpoint: &'a str,
+    pub(crate) endpoint: &'a str,
     /// The application ARN.
-    pub client_id: &'a str,
+    pub(crate) client_id: &'a str,
     /// The app's `redirect_uri`, exactly as configured.
-    pub redirect_uri: &'a str,
+    pub(crate) redirect_uri: &'a str,
     /// The random state.
-    pub state: &'a str,
+    pub(crate) state: &'a str,
     /// The PKCE S256 challenge.
-    pub code_challenge: &'a str,
+    pub(crate) code_challenge: &'a str,
     /// The app's `scopes`, if set.
-    pub scopes: Option<&'a [String]>,
+    pub(crate) scopes: Option<&'a [String]>,
 }
 
 /// The authorize URL, as the AWS CLI builds it for its own PKCE flow (the reference's §3):
 /// `scopes` plural and space-separated.
-pub fn authorize_url(req: &AuthorizeRequest<'_>) -> Result<url::Url, url::ParseError> {
+pub(crate) fn authorize_url(req: &AuthorizeRequest<'_>) -> Result<url::Url, url::ParseError> {
     let mut url = url::Url::parse(req.endpoint)?.join("authorize")?;
     {
         let mut q = url.query_pairs_mut();
@@ -68,7 +68,7 @@ pub fn authorize_url(req: &AuthorizeRequest<'_>) -> Result<url::Url, url::ParseE
 /// accepts loopback URLs with a port). `localhost` is both 127.0.0.1 and ::1: browsers resolve
 /// it to either (RFC 6761 loopback, whatever `/etc/hosts` says), so both are bound, the IPv4
 /// one first.
-pub fn listen_targets(redirect_uri: &str) -> Result<(Vec<SocketAddr>, String), String> {
+pub(crate) fn listen_targets(redirect_uri: &str) -> Result<(Vec<SocketAddr>, String), String> {
     let url = url::Url::parse(redirect_uri).map_err(|e| format!("bad redirect_uri: {e}"))?;
     let port = url
         .port_or_known_default()
@@ -94,7 +94,7 @@ pub fn listen_targets(redirect_uri: &str) -> Result<(Vec<SocketAddr>, String), S
 
 /// What arrived on the redirect URI.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Callback {
+pub(crate) enum Callback {
     /// The code, with the expected state.
     Code(Secret),
     /// The authorization server refused: its `error` and `error_description`.
@@ -111,7 +111,7 @@ pub enum Callback {
 }
 
 /// Judges one request to the listener: a pure function of its path and query.
-pub fn judge(path: &str, query: Option<&str>, expected_path: &str, state: &str) -> Callback {
+pub(crate) fn judge(path: &str, query: Option<&str>, expected_path: &str, state: &str) -> Callback {
     if path != expected_path {
         return Callback::Other;
     }
@@ -152,7 +152,7 @@ fn sanitize(s: &str) -> String {
 
 /// Why no code came.
 #[derive(Debug, thiserror::Error)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     /// The listener could not be bound (often: another login is waiting on it).
     #[error("cannot listen on {addr} for the redirect: {source}{hint}")]
     Bind {
@@ -191,7 +191,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// The bound listeners, before the user is sent to the browser (so a bind failure is reported
 /// before anything else happens).
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     listeners: Vec<TcpListener>,
     path: String,
 }
@@ -200,7 +200,7 @@ impl Listener {
     /// Binds every loopback address of the `redirect_uri` (both 127.0.0.1 and ::1 for
     /// `localhost`). An address already taken is an error: whoever holds it would receive the
     /// code. Only ::1 on a host without IPv6 may be missing, when 127.0.0.1 is bound.
-    pub async fn bind(redirect_uri: &str) -> Result<Listener, String> {
+    pub(crate) async fn bind(redirect_uri: &str) -> Result<Listener, String> {
         let (addrs, path) = listen_targets(redirect_uri)?;
         let mut listeners = Vec::with_capacity(addrs.len());
         for &addr in &addrs {
@@ -233,7 +233,7 @@ impl Listener {
     /// Serves the redirect URI until a callback with our state arrives (or `timeout`), then
     /// stops. Callbacks with another state are answered with the error page, reported on
     /// stderr (never their code), and waited past.
-    pub async fn wait(
+    pub(crate) async fn wait(
         self,
         redirect_uri: &str,
         state: &str,
@@ -391,7 +391,7 @@ fn html_escape(s: &str) -> String {
 
 /// Opens `url` with the desktop's opener (`open` on macOS, `xdg-open` elsewhere), without
 /// waiting for it. An error means the user has to open the URL by hand.
-pub fn open_browser(url: &str) -> std::io::Result<()> {
+pub(crate) fn open_browser(url: &str) -> std::io::Result<()> {
     let opener = if cfg!(target_os = "macos") {
         "open"
     } else {

@@ -26,7 +26,7 @@ use crate::refresh::AppState;
 use crate::upstream::UpstreamError;
 
 /// `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Prefix of every metric name.
 const PREFIX: &str = "iamtokend";
@@ -87,7 +87,7 @@ struct StaleLabels {
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// The daemon's counters and histograms, and the registry that names them.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     upstream_calls: Family<UpstreamLabels, Counter>,
     upstream_duration: HistogramFamily<OperationLabels>,
@@ -113,7 +113,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Every metric registered, all at zero.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let upstream_calls = Family::<UpstreamLabels, Counter>::default();
         registry.register(
@@ -179,12 +179,12 @@ impl Metrics {
     }
 
     /// Whether state files are written sealed; set once at start.
-    pub fn set_state_sealed(&self, sealed: bool) {
+    pub(crate) fn set_state_sealed(&self, sealed: bool) {
         self.state_sealed.set(i64::from(sealed));
     }
 
     /// One `CreateTokenWithIAM` call finished.
-    pub fn upstream_call(
+    pub(crate) fn upstream_call(
         &self,
         app: &str,
         grant: &'static str,
@@ -206,7 +206,12 @@ impl Metrics {
     }
 
     /// One STS `AssumeRole` call finished.
-    pub fn assume_role_call(&self, app: &str, result: Result<(), &UpstreamError>, took: Duration) {
+    pub(crate) fn assume_role_call(
+        &self,
+        app: &str,
+        result: Result<(), &UpstreamError>,
+        took: Duration,
+    ) {
         self.sts_calls
             .get_or_create(&AppOutcomeLabels {
                 app: app.to_owned(),
@@ -222,7 +227,7 @@ impl Metrics {
 
     /// One refresh attempt of an app ended; `result` is one of the fixed words of
     /// `iamtokend_refreshes_total`.
-    pub fn refresh_done(&self, app: &str, result: &'static str) {
+    pub(crate) fn refresh_done(&self, app: &str, result: &'static str) {
         self.refreshes
             .get_or_create(&RefreshLabels {
                 app: app.to_owned(),
@@ -233,7 +238,7 @@ impl Metrics {
 
     /// One socket request answered. `route` is the template of the route table
     /// ([`crate::server::routes::Route::template`]): never a path a client sent.
-    pub fn request(&self, route: &'static str, status: u16) {
+    pub(crate) fn request(&self, route: &'static str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();
@@ -241,7 +246,7 @@ impl Metrics {
 
     /// The last good token (`kind` = "token") or credentials ("credentials") were served while
     /// the app was failing.
-    pub fn served_stale(&self, app: &str, kind: &'static str) {
+    pub(crate) fn served_stale(&self, app: &str, kind: &'static str) {
         self.served_stale
             .get_or_create(&StaleLabels {
                 app: app.to_owned(),
@@ -251,7 +256,7 @@ impl Metrics {
     }
 
     /// One file sink write of `app` finished.
-    pub fn sink_write(&self, app: &str, ok: bool) {
+    pub(crate) fn sink_write(&self, app: &str, ok: bool) {
         self.sink_writes
             .get_or_create(&AppOutcomeLabels {
                 app: app.to_owned(),
@@ -261,7 +266,7 @@ impl Metrics {
     }
 
     /// The exposition: every counter, then the per-app gauges of `apps`.
-    pub fn encode(&self, apps: Vec<AppSample>) -> String {
+    pub(crate) fn encode(&self, apps: Vec<AppSample>) -> String {
         let mut out = String::with_capacity(4096 + apps.len() * 400);
         let mut per_scrape = Registry::with_prefix(PREFIX);
         per_scrape.register_collector(Box::new(AppGauges(apps)));
@@ -285,18 +290,18 @@ fn outcome(result: Result<(), &UpstreamError>) -> &'static str {
 
 /// What the per-app gauges show of one app, read from its snapshot at scrape time.
 #[derive(Debug, Clone)]
-pub struct AppSample {
+pub(crate) struct AppSample {
     /// The `app` label: the name from the config, never client text.
-    pub app: String,
+    pub(crate) app: String,
     /// The state a reader would report now.
-    pub state: AppState,
+    pub(crate) state: AppState,
     /// Seconds until the held token expires (0 once expired); `None` when no token is held.
-    pub expires_in: Option<f64>,
+    pub(crate) expires_in: Option<f64>,
     /// Consecutive failed attempts (0 after a success).
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// The app's file sinks: path and the Unix time what the file holds expires (`None`
     /// while it holds nothing of ours).
-    pub sinks: Vec<(String, Option<f64>)>,
+    pub(crate) sinks: Vec<(String, Option<f64>)>,
 }
 
 #[derive(Debug)]

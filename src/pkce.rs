@@ -25,7 +25,7 @@ pub fn challenge(verifier: &Secret) -> String {
 }
 
 /// A random `state`: 32 alphanumerics.
-pub fn state() -> String {
+pub(crate) fn state() -> String {
     rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
         .take(32)

@@ -40,20 +40,20 @@ use crate::config::SealMode;
 use crate::secret::Secret;
 
 /// The credential's name in `$CREDENTIALS_DIRECTORY` (`LoadCredentialEncrypted=state-key:...`).
-pub const CREDENTIAL_NAME: &str = "state-key";
+pub(crate) const CREDENTIAL_NAME: &str = "state-key";
 /// The key being rotated away from, when given (`LoadCredentialEncrypted=state-key-previous:...`):
 /// files it opens are rewritten with `state-key` at once. Never used to write.
-pub const PREVIOUS_CREDENTIAL_NAME: &str = "state-key-previous";
+pub(crate) const PREVIOUS_CREDENTIAL_NAME: &str = "state-key-previous";
 /// Shortest credential accepted: 256 bits.
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 /// Longest credential read (a larger file is a mistake, not a key).
-pub const MAX_KEY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 64 * 1024;
 /// The sealed format's version (`"v"`).
-pub const FORMAT_VERSION: u64 = 1;
+pub(crate) const FORMAT_VERSION: u64 = 1;
 /// The sealed format's algorithm (`"alg"`), JOSE's name for AES-256-GCM.
-pub const ALG: &str = "A256GCM";
+pub(crate) const ALG: &str = "A256GCM";
 /// The key source as `status` and the logs name it.
-pub const KEY_SOURCE: &str = "credentials:state-key";
+pub(crate) const KEY_SOURCE: &str = "credentials:state-key";
 
 /// First bytes of the associated data: no other use of the key can produce the same.
 const AAD_TAG: &[u8] = b"iamtokend-state\0";
@@ -63,14 +63,14 @@ const HKDF_INFO: &[u8] = b"iamtokend state file v1 A256GCM";
 /// What a state file holds: bound into the associated data, so a secret written for one
 /// purpose is never read back as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// The app's newest refresh token (`NAME.json`).
     RefreshToken,
 }
 
 impl Purpose {
     /// The name bound into the associated data.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Purpose::RefreshToken => "refresh_token",
         }
@@ -79,13 +79,13 @@ impl Purpose {
 
 /// Whose secret a sealed file is: the associated data.
 #[derive(Debug, Clone, Copy)]
-pub struct Binding<'a> {
+pub(crate) struct Binding<'a> {
     /// The app's name (the file's name).
-    pub app: &'a str,
+    pub(crate) app: &'a str,
     /// The app's configured `client_id`.
-    pub client_id: &'a str,
+    pub(crate) client_id: &'a str,
     /// What the file holds.
-    pub purpose: Purpose,
+    pub(crate) purpose: Purpose,
 }
 
 impl Binding<'_> {
@@ -104,7 +104,7 @@ impl Binding<'_> {
 }
 
 /// The AES-256-GCM key derived from the state-key credential.
-pub struct StateKey {
+pub(crate) struct StateKey {
     key: aead::LessSafeKey,
 }
 
@@ -116,7 +116,7 @@ impl fmt::Debug for StateKey {
 
 /// Why a key could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     /// The credential is shorter than [`MIN_KEY_BYTES`].
     #[error("the state key {path} is {len} bytes; it must be at least {MIN_KEY_BYTES} (make one with `head -c 32 /dev/urandom | systemd-creds encrypt --name=state-key - ...`)")]
     TooShort {
@@ -146,7 +146,7 @@ pub enum KeyError {
 
 impl StateKey {
     /// Derives the file key from the credential's bytes (`path` names it in errors).
-    pub fn derive(credential: &[u8], path: &Path) -> Result<StateKey, KeyError> {
+    pub(crate) fn derive(credential: &[u8], path: &Path) -> Result<StateKey, KeyError> {
         if credential.len() < MIN_KEY_BYTES {
             return Err(KeyError::TooShort {
                 path: path.display().to_string(),
@@ -169,7 +169,7 @@ impl StateKey {
     }
 
     /// Seals `secret` for `binding`: the file's whole text.
-    pub fn seal(&self, binding: &Binding<'_>, secret: &Secret) -> io::Result<String> {
+    pub(crate) fn seal(&self, binding: &Binding<'_>, secret: &Secret) -> io::Result<String> {
         let mut nonce = [0u8; aead::NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce)
             .map_err(|_| io::Error::other("the random number generator failed"))?;
@@ -194,7 +194,11 @@ impl StateKey {
     }
 
     /// Opens a sealed file's fields for `binding`.
-    pub fn open(&self, binding: &Binding<'_>, sealed: &SealedFields) -> Result<Secret, OpenError> {
+    pub(crate) fn open(
+        &self,
+        binding: &Binding<'_>,
+        sealed: &SealedFields,
+    ) -> Result<Secret, OpenError> {
         sealed.check()?;
         let nonce = B64
             .decode(&sealed.nonce)
@@ -225,15 +229,15 @@ impl StateKey {
 
 /// The fields of a sealed file other than its clear `client_id` (the store reads them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedFields {
+pub(crate) struct SealedFields {
     /// `"v"`.
-    pub v: u64,
+    pub(crate) v: u64,
     /// `"alg"`.
-    pub alg: String,
+    pub(crate) alg: String,
     /// `"nonce"`, base64.
-    pub nonce: String,
+    pub(crate) nonce: String,
     /// `"ct"`, base64.
-    pub ct: String,
+    pub(crate) ct: String,
 }
 
 impl SealedFields {
@@ -251,7 +255,7 @@ impl SealedFields {
 /// Why a sealed file did not open: the reason logged when it is moved aside (never its
 /// contents).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// A format version this build does not know.
     #[error("sealed with format version {0}, which this version of iamtokend does not read")]
     Version(u64),
@@ -268,7 +272,7 @@ pub enum OpenError {
 
 /// How state files are written, decided once at start.
 #[derive(Debug)]
-pub enum Sealing {
+pub(crate) enum Sealing {
     /// `seal = "off"`: never sealed; a sealed file found is moved aside.
     Off,
     /// `seal = "auto"` and no key: written unsealed. The reason (which variable or file is
@@ -285,16 +289,16 @@ pub enum Sealing {
 
 /// What `status`, `/v1/apps` and `/metrics` show about sealing. The default is "not sealed".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SealStatus {
+pub(crate) struct SealStatus {
     /// Whether state files are written sealed.
-    pub sealed: bool,
+    pub(crate) sealed: bool,
     /// Where the key came from, when sealed ([`KEY_SOURCE`]).
-    pub key_source: Option<&'static str>,
+    pub(crate) key_source: Option<&'static str>,
 }
 
 impl SealStatus {
     /// `{"sealed": bool, "key_source": "credentials:state-key" | null}`.
-    pub fn to_json(self) -> serde_json::Value {
+    pub(crate) fn to_json(self) -> serde_json::Value {
         serde_json::json!({ "sealed": self.sealed, "key_source": self.key_source })
     }
 }
@@ -303,7 +307,7 @@ impl Sealing {
     /// Reads the key as `mode` asks: not at all for `off`; for `auto` and `required` from
     /// `credentials_dir/state-key` when there is one. A key that is there but unreadable,
     /// too short or too long is an error in either mode; no key is one only for `required`.
-    pub fn from_credentials(
+    pub(crate) fn from_credentials(
         mode: SealMode,
         credentials_dir: Option<&Path>,
     ) -> Result<Sealing, KeyError> {
@@ -338,7 +342,7 @@ impl Sealing {
     }
 
     /// Whether files are written sealed, and with which key source.
-    pub fn status(&self) -> SealStatus {
+    pub(crate) fn status(&self) -> SealStatus {
         match self {
             Sealing::Sealed { .. } => SealStatus {
                 sealed: true,
@@ -352,7 +356,7 @@ impl Sealing {
     }
 
     /// The key that seals, when sealing.
-    pub fn key(&self) -> Option<&StateKey> {
+    pub(crate) fn key(&self) -> Option<&StateKey> {
         match self {
             Sealing::Sealed { key, .. } => Some(key),
             _ => None,
@@ -360,7 +364,7 @@ impl Sealing {
     }
 
     /// The previous key of a rotation, when one was passed.
-    pub fn previous_key(&self) -> Option<&StateKey> {
+    pub(crate) fn previous_key(&self) -> Option<&StateKey> {
         match self {
             Sealing::Sealed { previous, .. } => previous.as_ref(),
             _ => None,

@@ -23,7 +23,7 @@ impl Secret {
     }
 
     /// Whether it is empty (an empty secret is never sent).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }

@@ -5,27 +5,9 @@
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown() {
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
-                _ = int.recv() => info!(signal = "SIGINT", "shutting down"),
-            }
-        }
-        _ => {
-            // Without handlers the default action (exit) applies anyway; wait forever.
-            std::future::pending::<()>().await
-        }
-    }
-}
-
 /// SIGHUP, the reload request. Registered at start, before the daemon says it is ready, so
 /// an early SIGHUP never hits the default action (exit).
-pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+pub(crate) fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
     signal(SignalKind::hangup())
 }
 
@@ -34,7 +16,7 @@ pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
 /// the second, a handler registered for the first would leave a stuck drain unkillable by
 /// the usual signal. Both are pending forever if the handlers cannot be installed (the
 /// default action, exit, then applies).
-pub fn shutdown_twice() -> (
+pub(crate) fn shutdown_twice() -> (
     impl std::future::Future<Output = ()>,
     impl std::future::Future<Output = ()>,
 ) {

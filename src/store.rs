@@ -36,7 +36,7 @@ use crate::secret::Secret;
 mod endpoint;
 
 /// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
-pub const MAX_STATE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_STATE_BYTES: usize = 64 * 1024;
 
 /// One app's state file, either format: unsealed (`client_id`, `refresh_token`) or sealed
 /// (`client_id`, `v`, `alg`, `nonce`, `ct`). One struct of optional fields rather than an
@@ -53,7 +53,7 @@ struct Saved {
 
 /// Why [`Store::open`] failed.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// The directory is there but someone else could have read or planted files in it:
     /// the daemon refuses to start. One sentence naming the dir and what is wrong.
     #[error("{0}")]
@@ -76,7 +76,7 @@ impl Store {
     /// real directory (not a symlink), owned by our effective uid, not group/other writable;
     /// read or search bits for group/other are then removed (through the open directory,
     /// never by path). Stale temp files of ours are removed.
-    pub fn open(dir: &Path) -> Result<Store, OpenError> {
+    pub(crate) fn open(dir: &Path) -> Result<Store, OpenError> {
         match fs::symlink_metadata(dir) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -130,13 +130,13 @@ impl Store {
     }
 
     /// Seals files from now on as `sealing` says (`serve` reads the key once, at start).
-    pub fn with_sealing(mut self, sealing: Sealing) -> Store {
+    pub(crate) fn with_sealing(mut self, sealing: Sealing) -> Store {
         self.sealing = sealing;
         self
     }
 
     /// Whether files are written sealed, and with which key source.
-    pub fn seal_status(&self) -> SealStatus {
+    pub(crate) fn seal_status(&self) -> SealStatus {
         self.sealing.status()
     }
 
@@ -173,7 +173,7 @@ impl Store {
     /// The saved refresh token of `app`, if one was saved for this `client_id`. A damaged
     /// file (not JSON, a symlink, not a regular file of ours, over [`MAX_STATE_BYTES`]) is
     /// moved aside (and logged); a file for another client id is ignored.
-    pub fn load(&self, app: &str, client_id: &str, wall_secs: u64) -> Option<Secret> {
+    pub(crate) fn load(&self, app: &str, client_id: &str, wall_secs: u64) -> Option<Secret> {
         let path = self.file(app);
         // O_NONBLOCK: a FIFO planted here must not hang the open; no effect on a regular file.
         let opened = OpenOptions::new()
@@ -343,7 +343,12 @@ impl Store {
     }
 
     /// Saves `refresh_token` atomically and durably, sealed when there is a key.
-    pub fn save(&self, app: &str, client_id: &str, refresh_token: &Secret) -> io::Result<()> {
+    pub(crate) fn save(
+        &self,
+        app: &str,
+        client_id: &str,
+        refresh_token: &Secret,
+    ) -> io::Result<()> {
         let path = self.file(app);
         let tmp = self
             .dir
@@ -384,7 +389,7 @@ impl Store {
     }
 
     /// Forgets `app`'s state.
-    pub fn remove(&self, app: &str) {
+    pub(crate) fn remove(&self, app: &str) {
         let _ = fs::remove_file(self.file(app));
     }
 }

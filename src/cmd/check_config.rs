@@ -12,7 +12,7 @@ use super::Failure;
 use crate::config::{AssertionSource, Config, Grant};
 
 /// Validates the config at `file`; warns about secret files readable by group or others.
-pub fn run(file: &Path) -> Result<(), Failure> {
+pub(crate) fn run(file: &Path) -> Result<(), Failure> {
     match crate::config::load(file) {
         Ok(config) => {
             // The key `serve` would read: `seal = "required"` without one, or a key too

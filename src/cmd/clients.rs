@@ -11,7 +11,7 @@ use crate::cli::{Command, StatusFormat, TokenFormat};
 use crate::client::{zeroize_json, SocketClient};
 
 /// Runs a client subcommand.
-pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure> {
+pub(crate) async fn run(command: Command, client: &SocketClient) -> Result<(), Failure> {
     match command {
         Command::Token {
             app,
@@ -32,7 +32,7 @@ pub async fn run(command: Command, client: &SocketClient) -> Result<(), Failure>
 }
 
 /// App names travel in the path; refuse anything that is not a valid name before sending.
-pub fn app_path(app: &str, action: &str) -> Result<String, Failure> {
+pub(crate) fn app_path(app: &str, action: &str) -> Result<String, Failure> {
     let valid = !app.is_empty()
         && app
             .bytes()
@@ -158,7 +158,7 @@ fn read_wall_now() -> SystemTime {
 }
 
 /// The table `status` prints. Times are shown relative to `now` ("in 4m12s", "3s ago").
-pub fn status_table(apps: &[Value], now: SystemTime) -> String {
+pub(crate) fn status_table(apps: &[Value], now: SystemTime) -> String {
     let header = [
         "APP",
         "GRANT",

@@ -24,7 +24,7 @@ use crate::sim::{Sim, SimOptions};
 use crate::upstream::clients::Upstreams;
 
 /// Lifetime of the simulator's tokens in dev mode.
-pub const DEV_TOKEN_LIFETIME_SECS: u64 = 60;
+pub(crate) const DEV_TOKEN_LIFETIME_SECS: u64 = 60;
 
 const ACCOUNT: &str = "123456789012";
 const REDIRECT_URI: &str = "http://127.0.0.1:8400/callback";
@@ -61,7 +61,7 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
 
 /// Writes the demo config under `dir` (a fresh, empty directory of ours: every file is
 /// created new); returns the main file.
-pub fn write_demo_config(dir: &Path, endpoint: &str) -> std::io::Result<PathBuf> {
+pub(crate) fn write_demo_config(dir: &Path, endpoint: &str) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let apps = dir.join("apps.d");
     std::fs::DirBuilder::new().mode(0o700).create(&apps)?;
@@ -142,7 +142,7 @@ max_concurrent = 8
 }
 
 /// Runs dev mode until SIGINT/SIGTERM.
-pub async fn run() -> Result<(), Failure> {
+pub(crate) async fn run() -> Result<(), Failure> {
     crate::logging::init(LogFormat::Text, "info");
     let options = SimOptions {
         token_lifetime: std::time::Duration::from_secs(DEV_TOKEN_LIFETIME_SECS),

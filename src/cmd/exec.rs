@@ -25,7 +25,7 @@ use super::{daemon_failure, Failure};
 use crate::client::{zeroize_json, SocketClient};
 
 /// What an SDK would try before the container provider, taken out of CMD's environment.
-pub const REMOVED: [&str; 9] = [
+pub(crate) const REMOVED: [&str; 9] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -49,7 +49,11 @@ const WINNING_KEYS: [&str; 5] = [
 
 /// Runs `command` under `app`'s endpoint; `Ok` only when it exits 0, else its status (or
 /// 128+N for signal N) as the failure's code with nothing to print.
-pub async fn run(client: &SocketClient, app: &str, command: Vec<OsString>) -> Result<(), Failure> {
+pub(crate) async fn run(
+    client: &SocketClient,
+    app: &str,
+    command: Vec<OsString>,
+) -> Result<(), Failure> {
     let Some((program, args)) = command.split_first() else {
         return Err(Failure::usage("exec needs a command to run"));
     };

@@ -17,7 +17,7 @@ use crate::upstream::clients::Upstreams;
 use crate::upstream::IssuedToken;
 
 /// Runs `fetch`.
-pub async fn run(
+pub(crate) async fn run(
     file: &std::path::Path,
     app: &str,
     format: FetchFormat,

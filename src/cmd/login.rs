@@ -20,15 +20,15 @@ use crate::login::{authorize_url, open_browser, AuthorizeRequest, Listener};
 
 /// `login` flags.
 #[derive(Debug, Clone, Copy)]
-pub struct Options {
+pub(crate) struct Options {
     /// Open the URL with the desktop's opener.
-    pub open_browser: bool,
+    pub(crate) open_browser: bool,
     /// How long to wait for the redirect.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Runs the login of `app` from the config at `file` against the daemon behind `client`.
-pub async fn run(
+pub(crate) async fn run(
     file: &Path,
     app: &str,
     client: &SocketClient,

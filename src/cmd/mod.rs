@@ -1,13 +1,13 @@
 //! The subcommands. Each returns `Result<(), Failure>`; `main` alone turns that into an exit
 //! code (0 ok, 1 failed, 2 usage, 3 daemon unreachable).
 
-pub mod check_config;
-pub mod clients;
-pub mod dev;
-pub mod exec;
-pub mod fetch;
-pub mod login;
-pub mod serve;
+pub(crate) mod check_config;
+pub(crate) mod clients;
+pub(crate) mod dev;
+pub(crate) mod exec;
+pub(crate) mod fetch;
+pub(crate) mod login;
+pub(crate) mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ pub struct Failure {
 
 impl Failure {
     /// Exit 1: the daemon reported a failure, or the config is bad.
-    pub fn failed(message: impl Into<String>) -> Failure {
+    pub(crate) fn failed(message: impl Into<String>) -> Failure {
         Failure {
             code: 1,
             message: message.into(),
@@ -35,7 +35,7 @@ impl Failure {
     }
 
     /// Exit 2: the command line is wrong.
-    pub fn usage(message: impl Into<String>) -> Failure {
+    pub(crate) fn usage(message: impl Into<String>) -> Failure {
         Failure {
             code: 2,
             message: message.into(),
@@ -141,7 +141,7 @@ fn client_sockets(config_file: &Path, env: &Env) -> Vec<PathBuf> {
 }
 
 /// Prints to stdout; a closed pipe (`| head`) is not an error.
-pub fn print_stdout(text: &str) -> Result<(), Failure> {
+pub(crate) fn print_stdout(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
@@ -151,6 +151,6 @@ pub fn print_stdout(text: &str) -> Result<(), Failure> {
 }
 
 /// An error answer as a failure: the daemon's own sentence.
-pub fn daemon_failure(answer: &Answer) -> Failure {
+pub(crate) fn daemon_failure(answer: &Answer) -> Failure {
     Failure::failed(answer.error_message())
 }

@@ -18,7 +18,10 @@ use crate::upstream::clients::Upstreams;
 
 /// Serves the config at `file` with the SDK's credentials; `hardened` is what the process
 /// hardening at start achieved, logged here once logging is up.
-pub async fn run(file: &Path, hardened: Option<crate::harden::Hardened>) -> Result<(), Failure> {
+pub(crate) async fn run(
+    file: &Path,
+    hardened: Option<crate::harden::Hardened>,
+) -> Result<(), Failure> {
     // Before the config is read, so the refusal is the one line a stray variable gets.
     if let Some(why) = crate::clock::refuse_test_controls() {
         return Err(Failure::failed(why));
@@ -42,7 +45,7 @@ pub async fn run(file: &Path, hardened: Option<crate::harden::Hardened>) -> Resu
 
 /// Serves `config` until SIGTERM/SIGINT, reloading it from its files on SIGHUP.
 /// `on_listening` runs once the socket is bound.
-pub async fn serve(
+pub(crate) async fn serve(
     config: Config,
     upstreams: Upstreams,
     on_listening: impl FnOnce(&Path),
@@ -168,7 +171,7 @@ pub async fn serve(
 
 /// Re-reads every config file and applies the result; a config with any error is rejected
 /// whole and the running one stays.
-pub async fn reload(main_file: &Path, broker: &Broker) {
+pub(crate) async fn reload(main_file: &Path, broker: &Broker) {
     info!(config = %main_file.display(), "SIGHUP: reloading the config");
     // Off the async workers: loading reads every config file, PEM bundles and the user
     // database (NSS), any of which can block.

@@ -36,7 +36,7 @@ mod apps;
 mod cursor;
 mod grant;
 mod main_file;
-pub mod paths;
+pub(crate) mod paths;
 mod subjects;
 mod syntax;
 mod system;
@@ -44,8 +44,7 @@ mod system;
 mod tests;
 mod types;
 
-pub use syntax::parse_duration;
-pub use types::*;
+pub(crate) use types::*;
 
 use cursor::{parse_toml, read_text, FileCx};
 use system::{Host, System};
@@ -58,14 +57,14 @@ use system::{Host, System};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     /// The file the problem is in, as it was found (main file as given, apps as joined).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// 1-based line; 0 = the whole file.
-    pub line: usize,
+    pub(crate) line: usize,
     /// 1-based column in characters; 0 when `line` is 0.
-    pub col: usize,
+    pub(crate) col: usize,
     /// One human sentence. Never contains a configured secret-looking value: messages
     /// point at the key instead of quoting what was written there.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for Diagnostic {

@@ -29,7 +29,7 @@ const SYSTEM_STATE_DIR: &str = "/var/lib/iamtokend";
 /// What the default paths depend on: environment variables, whether we run as root, and
 /// the user's config and data directories (as the `directories` crate computes them).
 #[derive(Debug, Clone)]
-pub struct Env {
+pub(crate) struct Env {
     /// Environment variables; only the few named in this file are ever looked up.
     vars: HashMap<OsString, OsString>,
     /// Effective uid 0: system-wide defaults instead of per-user ones.
@@ -43,7 +43,7 @@ pub struct Env {
 
 impl Env {
     /// The real process: its environment, its effective uid and `directories::ProjectDirs`.
-    pub fn from_process() -> Env {
+    pub(crate) fn from_process() -> Env {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let is_root = unsafe { libc::geteuid() } == 0;
         let dirs = directories::ProjectDirs::from("", "", "iamtokend");
@@ -58,7 +58,8 @@ impl Env {
     /// A made-up environment: `vars`, root or not, and a home directory from which the
     /// user dirs are derived the way `directories` does on Linux (`$XDG_CONFIG_HOME` /
     /// `$XDG_DATA_HOME` when absolute, else `HOME/.config` / `HOME/.local/share`).
-    pub fn for_test(vars: &[(&str, &str)], is_root: bool, home: &Path) -> Env {
+    #[cfg(test)]
+    pub(crate) fn for_test(vars: &[(&str, &str)], is_root: bool, home: &Path) -> Env {
         let vars: HashMap<OsString, OsString> = vars
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
@@ -81,7 +82,7 @@ impl Env {
     }
 
     /// `$CREDENTIALS_DIRECTORY`: where systemd put the service's credentials (`state-key`).
-    pub fn credentials_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn credentials_dir(&self) -> Option<PathBuf> {
         self.var("CREDENTIALS_DIRECTORY").map(PathBuf::from)
     }
 
@@ -109,7 +110,7 @@ impl Env {
 /// The main config file: `--config` > `$IAMTOKEND_CONFIG` >
 /// `$CONFIGURATION_DIRECTORY/iamtokend.toml` > `/etc/iamtokend/iamtokend.toml` when root >
 /// the user's config dir (`~/.config/iamtokend/iamtokend.toml`).
-pub fn config_file(flag: Option<&Path>, env: &Env) -> PathBuf {
+pub(crate) fn config_file(flag: Option<&Path>, env: &Env) -> PathBuf {
     if let Some(flag) = flag {
         return flag.to_path_buf();
     }
@@ -131,7 +132,7 @@ pub fn config_file(flag: Option<&Path>, env: &Env) -> PathBuf {
 
 /// The socket: `[server] socket` > `$RUNTIME_DIRECTORY/iamtokend.sock` >
 /// `$XDG_RUNTIME_DIR/iamtokend/iamtokend.sock` > `/run/iamtokend/iamtokend.sock`.
-pub fn socket_path(configured: Option<&Path>, env: &Env) -> PathBuf {
+pub(crate) fn socket_path(configured: Option<&Path>, env: &Env) -> PathBuf {
     if let Some(path) = configured {
         return path.to_path_buf();
     }
@@ -166,7 +167,7 @@ pub(crate) fn client_sockets(configured: Option<&Path>, env: &Env) -> Vec<PathBu
 
 /// The state dir: `[state] dir` > `$STATE_DIRECTORY` > `/var/lib/iamtokend` when root >
 /// the user's data dir (`~/.local/share/iamtokend`).
-pub fn state_dir(configured: Option<&Path>, env: &Env) -> PathBuf {
+pub(crate) fn state_dir(configured: Option<&Path>, env: &Env) -> PathBuf {
     if let Some(path) = configured {
         return path.to_path_buf();
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// # Errors
 /// A message saying what is wrong and how to write it; it quotes only the offending
 /// number or unit, never the whole value.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     const HINT: &str = "write e.g. \"90s\", \"5m\" or \"1h30m\"";
     if s.is_empty() {
         return Err(format!("empty duration; {HINT}"));

@@ -10,45 +10,45 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The main file this was loaded from (absolute or as given).
-    pub main_file: PathBuf,
+    pub(crate) main_file: PathBuf,
     /// Resolved apps directory (`apps_dir` relative to the main file's directory).
-    pub apps_dir: PathBuf,
+    pub(crate) apps_dir: PathBuf,
     /// `[server]`.
-    pub server: ServerConfig,
+    pub(crate) server: ServerConfig,
     /// `[state]`.
-    pub state: StateConfig,
+    pub(crate) state: StateConfig,
     /// `[refresh]`.
-    pub refresh: RefreshConfig,
+    pub(crate) refresh: RefreshConfig,
     /// `[log]`.
-    pub log: LogConfig,
+    pub(crate) log: LogConfig,
     /// Apps by name (the file stem), sorted.
-    pub apps: BTreeMap<String, AppConfig>,
+    pub(crate) apps: BTreeMap<String, AppConfig>,
 }
 
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// `socket`, when set; otherwise `paths::socket_path` decides.
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// `socket_mode`, parsed from its octal string. Default 0o660.
-    pub socket_mode: u32,
+    pub(crate) socket_mode: u32,
     /// `credentials_listen`: the loopback TCP address of the credentials endpoint
     /// (CONTRACT §5b); `None` = the endpoint is off. Port 0 = any free port.
-    pub credentials_listen: Option<std::net::SocketAddr>,
+    pub(crate) credentials_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[state]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StateConfig {
+pub(crate) struct StateConfig {
     /// `dir`, when set; otherwise `paths::state_dir` decides.
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// `seal`: whether state files are sealed at rest. Default `Auto`.
-    pub seal: SealMode,
+    pub(crate) seal: SealMode,
 }
 
 /// `[state] seal` (CONTRACT §7; `crate::seal` does the sealing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SealMode {
+pub(crate) enum SealMode {
     /// `"auto"`: sealed when `$CREDENTIALS_DIRECTORY/state-key` is there, unsealed otherwise.
     Auto,
     /// `"off"`: never sealed, the key is not read.
@@ -59,7 +59,7 @@ pub enum SealMode {
 
 impl SealMode {
     /// The config's spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SealMode::Auto => "auto",
             SealMode::Off => "off",
@@ -70,31 +70,31 @@ impl SealMode {
 
 /// `[refresh]`: see CONTRACT §3/§4.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RefreshConfig {
+pub(crate) struct RefreshConfig {
     /// Fraction of the lifetime after which to refresh. Default 0.5; 0 < at < 1.
-    pub at: f64,
+    pub(crate) at: f64,
     /// +/- fraction of the lifetime. Default 0.1; 0 <= jitter, at - jitter > 0, at + jitter < 1.
-    pub jitter: f64,
+    pub(crate) jitter: f64,
     /// Never later than this before expiry. Default 5m.
-    pub min_lead: Duration,
+    pub(crate) min_lead: Duration,
     /// Cap of the exponential backoff. Default 5m; must be >= 1s.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// Upstream calls in flight at once, all apps together. Default 8; >= 1.
-    pub max_concurrent: usize,
+    pub(crate) max_concurrent: usize,
 }
 
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// Default `Text`.
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
     /// An `EnvFilter` directive; default "info".
-    pub level: String,
+    pub(crate) level: String,
 }
 
 /// `[log] format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -103,34 +103,34 @@ pub enum LogFormat {
 
 /// One `apps.d/NAME.toml`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AppConfig {
+pub(crate) struct AppConfig {
     /// The file stem; matches `[a-z0-9][a-z0-9._-]*`.
-    pub name: String,
+    pub(crate) name: String,
     /// The file it came from.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// `client_id`: the Identity Center application's ARN.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// The Identity Center instance's region.
-    pub region: String,
+    pub(crate) region: String,
     /// `scopes`; `None` = all the app's scopes (omitted from the request).
-    pub scopes: Option<Vec<String>>,
+    pub(crate) scopes: Option<Vec<String>>,
     /// Override of the OIDC endpoint, e.g. "http://127.0.0.1:8080".
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
     /// The grant and its grant-specific keys.
-    pub grant: Grant,
+    pub(crate) grant: Grant,
     /// `[aws]`, its defaults when absent.
-    pub aws: AwsConfig,
+    pub(crate) aws: AwsConfig,
     /// `[role]`, when present.
-    pub role: Option<RoleConfig>,
+    pub(crate) role: Option<RoleConfig>,
     /// `[access]`, when present (it is then the whole list).
-    pub access: Option<AccessConfig>,
+    pub(crate) access: Option<AccessConfig>,
     /// `[[sink]]` tables, in file order (CONTRACT §3, §7).
-    pub sinks: Vec<SinkConfig>,
+    pub(crate) sinks: Vec<SinkConfig>,
 }
 
 /// The grant an app runs, with the keys that belong to it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Grant {
+pub(crate) enum Grant {
     /// `grant = "authorization-code"`.
     AuthorizationCode {
         /// Loopback redirect URI, e.g. "http://127.0.0.1:8400/callback".
@@ -157,7 +157,7 @@ pub enum Grant {
 
 impl Grant {
     /// Which of the four grants this is.
-    pub fn kind(&self) -> GrantKind {
+    pub(crate) fn kind(&self) -> GrantKind {
         match self {
             Grant::AuthorizationCode { .. } => GrantKind::AuthorizationCode,
             Grant::RefreshToken { .. } => GrantKind::RefreshToken,
@@ -170,7 +170,7 @@ impl Grant {
 /// The four grants by name: `grant = "..."` in an app file, the `grant` field of the socket
 /// API's app rows. This is the one place the contract's spellings are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum GrantKind {
+pub(crate) enum GrantKind {
     /// A browser login once (`iamtokend login`), then refresh tokens.
     AuthorizationCode,
     /// A refresh token read from a file, then rotated.
@@ -183,7 +183,7 @@ pub enum GrantKind {
 
 impl GrantKind {
     /// Every grant, in the order messages list them.
-    pub const ALL: [GrantKind; 4] = [
+    pub(crate) const ALL: [GrantKind; 4] = [
         GrantKind::AuthorizationCode,
         GrantKind::RefreshToken,
         GrantKind::JwtBearer,
@@ -191,7 +191,7 @@ impl GrantKind {
     ];
 
     /// The contract's spelling: "authorization-code", "refresh-token", "jwt-bearer", "token-exchange".
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GrantKind::AuthorizationCode => "authorization-code",
             GrantKind::RefreshToken => "refresh-token",
@@ -209,7 +209,7 @@ impl std::fmt::Display for GrantKind {
 
 /// A `grant` value that names none of the four grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnknownGrant;
+pub(crate) struct UnknownGrant;
 
 impl std::str::FromStr for GrantKind {
     type Err = UnknownGrant;
@@ -225,7 +225,7 @@ impl std::str::FromStr for GrantKind {
 
 /// Where a jwt-bearer assertion comes from; read anew before every grant call.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AssertionSource {
+pub(crate) enum AssertionSource {
     /// `assertion_file` (absolute, or relative to the app file's dir).
     File(PathBuf),
     /// `assertion_command`: argv, non-empty; stdout trimmed is the JWT.
@@ -234,7 +234,7 @@ pub enum AssertionSource {
 
 /// `requested_token_type` of a token-exchange app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestedTokenType {
+pub(crate) enum RequestedTokenType {
     /// "access_token" -> urn:ietf:params:oauth:token-type:access_token
     AccessToken,
     /// "refresh_token" -> urn:ietf:params:oauth:token-type:refresh_token
@@ -243,7 +243,7 @@ pub enum RequestedTokenType {
 
 impl RequestedTokenType {
     /// The URN sent as `requestedTokenType`.
-    pub fn urn(self) -> &'static str {
+    pub(crate) fn urn(self) -> &'static str {
         match self {
             RequestedTokenType::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
             RequestedTokenType::RefreshToken => "urn:ietf:params:oauth:token-type:refresh_token",
@@ -253,23 +253,23 @@ impl RequestedTokenType {
 
 /// `[aws]`: the IAM identity that signs this app's calls, and how its calls reach AWS.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AwsConfig {
+pub(crate) struct AwsConfig {
     /// Named profile; `None` = the SDK's default credential chain.
-    pub profile: Option<String>,
+    pub(crate) profile: Option<String>,
     /// `connect_timeout`: TCP + TLS connect of one upstream call. Default 5s; 100ms ..= 5m.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// `read_timeout`: from a request sent to its answer read. Default 30s; 1s ..= 10m.
     /// One attempt is bounded by `connect_timeout + read_timeout` as a whole.
-    pub read_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     /// `ca_bundle`: extra trust roots (TLS-intercepting networks), read and checked at load.
-    pub ca_bundle: Option<CaBundle>,
+    pub(crate) ca_bundle: Option<CaBundle>,
 }
 
 /// `[aws] connect_timeout` default: what the SDK clients used before it was configurable.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `[aws] read_timeout` default: long enough for a slow region, short enough that a hung
 /// connection does not hold an app (and a `max_concurrent` slot) for minutes.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for AwsConfig {
     fn default() -> AwsConfig {
@@ -288,13 +288,13 @@ impl Default for AwsConfig {
 /// broken bundle, and a reload picks up a replaced one); the bytes are kept, so the
 /// upstream clients never read a file that changed after it was checked.
 #[derive(Clone, PartialEq, Eq)]
-pub struct CaBundle {
+pub(crate) struct CaBundle {
     /// `ca_bundle` as resolved (relative to the app file's directory).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The file's contents: one or more PEM certificates, each known to parse.
-    pub pem: Vec<u8>,
+    pub(crate) pem: Vec<u8>,
     /// How many certificates it holds (at least one).
-    pub certificates: usize,
+    pub(crate) certificates: usize,
 }
 
 impl std::fmt::Debug for CaBundle {
@@ -308,71 +308,71 @@ impl std::fmt::Debug for CaBundle {
 
 /// `[role]`: identity-enhanced AWS credentials.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RoleConfig {
+pub(crate) struct RoleConfig {
     /// `arn:aws:iam::123456789012:role/Name`.
-    pub arn: String,
+    pub(crate) arn: String,
     /// 2-64 chars of `[\w+=,.@-]`; default "iamtokend-NAME" (truncated to 64).
-    pub session_name: String,
+    pub(crate) session_name: String,
     /// 15m ..= 12h; default 1h.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Override of the STS endpoint.
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
 }
 
 /// `[access]`: who may read this app over the socket. When present it is the whole list
 /// (root included only if listed); see `server::peer` for the check.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct AccessConfig {
+pub(crate) struct AccessConfig {
     /// Numeric uids, taken as written (no look-up).
-    pub uids: Vec<u32>,
+    pub(crate) uids: Vec<u32>,
     /// User names, resolved to uids when the config was loaded.
-    pub users: Vec<Principal>,
+    pub(crate) users: Vec<Principal>,
     /// Group names (a peer's primary or supplementary group), resolved to gids at load.
-    pub groups: Vec<Principal>,
+    pub(crate) groups: Vec<Principal>,
 }
 
 /// A user or group name as written, and the id it resolved to at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(crate) struct Principal {
     /// The name as written in the config.
-    pub name: String,
+    pub(crate) name: String,
     /// The uid or gid it named when the config was loaded.
-    pub id: u32,
+    pub(crate) id: u32,
 }
 
 /// One `[[sink]]`: a file kept current with the app's token or role credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkConfig {
+pub(crate) struct SinkConfig {
     /// `path`: absolute; its directory exists and is not world-writable (checked at load).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `content`.
-    pub content: SinkContent,
+    pub(crate) content: SinkContent,
     /// `mode`, parsed from its octal string. Default 0o600.
-    pub mode: u32,
+    pub(crate) mode: u32,
     /// `user`: the file's owner (a name resolved at load, or a uid); `None` = the daemon's.
-    pub user: Option<Principal>,
+    pub(crate) user: Option<Principal>,
     /// `group`: the file's group (a name resolved at load, or a gid); `None` = the daemon's.
-    pub group: Option<Principal>,
+    pub(crate) group: Option<Principal>,
     /// `notify`: argv run after each successful write (no shell).
-    pub notify: Option<Vec<String>>,
+    pub(crate) notify: Option<Vec<String>>,
     /// `signal` + `pid_file`: a signal sent after each successful write.
-    pub signal: Option<SinkSignal>,
+    pub(crate) signal: Option<SinkSignal>,
 }
 
 /// `[[sink]] signal` and `pid_file`: whom to tell that the file changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkSignal {
+pub(crate) struct SinkSignal {
     /// The signal's name without `SIG`, as written ("HUP").
-    pub name: String,
+    pub(crate) name: String,
     /// Its number.
-    pub number: i32,
+    pub(crate) number: i32,
     /// `pid_file`: absolute; read anew before each signal.
-    pub pid_file: PathBuf,
+    pub(crate) pid_file: PathBuf,
 }
 
 /// `[[sink]] content`: what the file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SinkContent {
+pub(crate) enum SinkContent {
     /// The access token alone, no newline.
     AccessToken,
     /// The socket's token JSON.
@@ -385,7 +385,7 @@ pub enum SinkContent {
 
 impl SinkContent {
     /// Every content, in the order messages list them.
-    pub const ALL: [SinkContent; 4] = [
+    pub(crate) const ALL: [SinkContent; 4] = [
         SinkContent::AccessToken,
         SinkContent::TokenJson,
         SinkContent::CredentialsJson,
@@ -393,7 +393,7 @@ impl SinkContent {
     ];
 
     /// The contract's spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SinkContent::AccessToken => "access_token",
             SinkContent::TokenJson => "token_json",
@@ -403,7 +403,7 @@ impl SinkContent {
     }
 
     /// Whether the file holds role credentials (and so needs `[role]`).
-    pub fn is_credentials(self) -> bool {
+    pub(crate) fn is_credentials(self) -> bool {
         matches!(
             self,
             SinkContent::CredentialsJson | SinkContent::AwsCredentials

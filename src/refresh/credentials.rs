@@ -24,17 +24,17 @@ use crate::upstream::{RoleAssumer, RoleCredentials};
 
 /// Never hand out credentials with less than this left when new ones can be had: botocore
 /// re-runs a credential_process helper on every call once under 15 minutes (reference §5).
-pub const MIN_SERVED_TTL: Duration = Duration::from_secs(20 * 60);
+pub(crate) const MIN_SERVED_TTL: Duration = Duration::from_secs(20 * 60);
 
 /// Cached role credentials.
 #[derive(Debug)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// The STS answer: keys, session token and wall-clock expiration.
-    pub role: RoleCredentials,
+    pub(crate) role: RoleCredentials,
     /// Expiry on the boottime timeline (suspend counted): what serving decides on.
-    pub expires_at: BootInstant,
+    pub(crate) expires_at: BootInstant,
     /// When to fetch new ones (boottime timeline).
-    pub refresh_at: BootInstant,
+    pub(crate) refresh_at: BootInstant,
     /// The identity (idToken `sub`) of the token they were made from.
     identity: Option<String>,
 }
@@ -59,7 +59,7 @@ struct Cached {
 }
 
 /// One app's credentials.
-pub struct CredentialCache {
+pub(crate) struct CredentialCache {
     assumer: Arc<dyn RoleAssumer>,
     policy: LivePolicy,
     clock: Clock,
@@ -74,7 +74,7 @@ pub struct CredentialCache {
 
 impl CredentialCache {
     /// A cache over `assumer`. The policy's `min_lead` is raised to [`MIN_SERVED_TTL`].
-    pub fn new(
+    pub(crate) fn new(
         assumer: Arc<dyn RoleAssumer>,
         policy: LivePolicy,
         clock: Clock,
@@ -242,7 +242,7 @@ fn identity_of(token: &Token) -> Option<String> {
 }
 
 /// The credential_process JSON (reference §5).
-pub fn credential_process_json(creds: &Credentials) -> serde_json::Value {
+pub(crate) fn credential_process_json(creds: &Credentials) -> serde_json::Value {
     serde_json::json!({
         "Version": 1,
         "AccessKeyId": creds.role.access_key_id,

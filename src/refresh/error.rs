@@ -4,7 +4,7 @@
 
 /// Why a token cannot be served; the socket maps each to a status and code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// Nothing will happen until someone logs in.
     #[error("app {app} needs a login: run `iamtokend login {app}`")]
     NeedsLogin {

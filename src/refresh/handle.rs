@@ -20,16 +20,16 @@ use crate::upstream::TokenIssuer;
 
 /// Bound on how long a socket request waits for its app's owner. Every step the owner takes is
 /// bounded (SDK call timeout, command timeout, subject wait), so this only guards against bugs.
-pub const REPLY_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const REPLY_WAIT: Duration = Duration::from_secs(120);
 
 /// How long stopping an app waits for its call in flight to finish (so a rotated refresh
 /// token is saved) before the task is aborted.
-pub const STOP_WAIT: Duration = Duration::from_secs(45);
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(45);
 
 /// A running app: its config, its snapshot, and the way to its owner task.
-pub struct AppHandle {
+pub(crate) struct AppHandle {
     /// The app's config, as the owner runs it.
-    pub config: Arc<AppConfig>,
+    pub(crate) config: Arc<AppConfig>,
     snapshot: watch::Receiver<Snapshot>,
     commands: mpsc::Sender<Command>,
     clock: Clock,
@@ -45,7 +45,7 @@ pub struct AppHandle {
 impl AppHandle {
     /// Starts the owner task. `subject` is the subject app's snapshot (token-exchange);
     /// `refresh_token` one recovered from elsewhere (state dir).
-    pub fn spawn(
+    pub(crate) fn spawn(
         config: Arc<AppConfig>,
         issuer: Arc<dyn TokenIssuer>,
         subject: Option<watch::Receiver<Snapshot>>,
@@ -67,19 +67,14 @@ impl AppHandle {
         }
     }
 
-    /// The daemon's metrics (the credential cache and the socket count into them).
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.metrics
-    }
-
     /// Gives the app its role-credential cache.
-    pub fn with_credentials(mut self, cache: CredentialCache) -> AppHandle {
+    pub(crate) fn with_credentials(mut self, cache: CredentialCache) -> AppHandle {
         self.credentials = Some(cache);
         self
     }
 
     /// Identity-enhanced role credentials (`[role]` apps).
-    pub async fn credentials(&self) -> Result<Arc<Credentials>, ServeError> {
+    pub(crate) async fn credentials(&self) -> Result<Arc<Credentials>, ServeError> {
         match &self.credentials {
             Some(cache) => cache.get(self).await,
             None => Err(ServeError::NoRole {
@@ -91,7 +86,7 @@ impl AppHandle {
     /// Stops the owner: a call in flight is finished first (so a rotated refresh token is
     /// saved), then the task exits; after [`STOP_WAIT`] it is aborted. Requests that still
     /// hold this handle are answered from the last snapshot or get `app_stopped`.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(stop) = stop {
             let _ = stop.send(());
@@ -106,30 +101,30 @@ impl AppHandle {
     }
 
     /// The app's name (its config file's stem).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
     /// The current snapshot.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         self.snapshot.borrow().clone()
     }
 
     /// Whether the owner's last attempt failed (what is served now is the last good token),
     /// without copying the snapshot.
-    pub fn last_attempt_failed(&self) -> bool {
+    pub(crate) fn last_attempt_failed(&self) -> bool {
         self.snapshot.borrow().last_error.is_some()
     }
 
     /// A receiver of snapshots (token-exchange dependants watch their subject).
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.snapshot.clone()
     }
 
     /// A token with at least `min_ttl` left (capped by the owner at 90 % of the last token's
     /// lifetime) if one can be had; otherwise the last good token while it is valid; otherwise
     /// why not.
-    pub async fn token(&self, min_ttl: Duration) -> Result<Arc<Token>, ServeError> {
+    pub(crate) async fn token(&self, min_ttl: Duration) -> Result<Arc<Token>, ServeError> {
         let now = self.clock.now();
         if let Some(t) = self.snapshot.borrow().valid_token(now) {
             if t.ttl(now) >= min_ttl {
@@ -151,7 +146,7 @@ impl AppHandle {
 
     /// Calls upstream (joining a call in flight; within a second of the app's last call, the
     /// call made at the next second, shared by all who wait for it) and reports its result.
-    pub async fn refresh(&self) -> Result<Arc<Token>, ServeError> {
+    pub(crate) async fn refresh(&self) -> Result<Arc<Token>, ServeError> {
         self.ask(|reply| Command::Refresh {
             force: true,
             min_ttl: Duration::ZERO,
@@ -161,7 +156,7 @@ impl AppHandle {
     }
 
     /// Exchanges an authorization code (from `iamtokend login`).
-    pub async fn login(
+    pub(crate) async fn login(
         &self,
         code: Secret,
         code_verifier: Secret,
@@ -186,7 +181,7 @@ impl AppHandle {
     /// Whether the owner task is alive and taking commands: it answers a ping within `wait`.
     /// It answers between calls and while a call is in flight, so only a dead or wedged owner
     /// (or a full command queue) fails this.
-    pub async fn ping(&self, wait: Duration) -> bool {
+    pub(crate) async fn ping(&self, wait: Duration) -> bool {
         let (reply, answer) = oneshot::channel();
         let probe = async {
             self.commands.send(Command::Ping { reply }).await.is_ok() && answer.await.is_ok()

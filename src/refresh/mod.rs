@@ -7,15 +7,15 @@
 //! the one error they all answer with.
 
 pub(crate) mod attempt;
-pub mod credentials;
+pub(crate) mod credentials;
 pub(crate) mod error;
-pub mod handle;
+pub(crate) mod handle;
 pub(crate) mod owner;
-pub mod policy;
-pub mod state;
+pub(crate) mod policy;
+pub(crate) mod state;
 #[cfg(test)]
 mod tests;
 
-pub use error::ServeError;
-pub use handle::AppHandle;
-pub use state::{AppState, LastError, Snapshot, Token};
+pub(crate) use error::ServeError;
+pub(crate) use handle::AppHandle;
+pub(crate) use state::{AppState, Token};

@@ -32,17 +32,17 @@ use crate::upstream::TokenIssuer;
 
 /// What every owner shares.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The clock every owner reads time from (tokio's: paused in tests).
-    pub clock: Clock,
+    pub(crate) clock: Clock,
     /// `[refresh]` timing, as the last (re)load set it.
-    pub policy: LivePolicy,
+    pub(crate) policy: LivePolicy,
     /// `max_concurrent`: held only around the upstream call itself.
-    pub permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
     /// Where refresh tokens are saved; `None` runs without persistence.
-    pub store: Option<Arc<crate::store::Store>>,
+    pub(crate) store: Option<Arc<crate::store::Store>>,
     /// Counters of upstream calls and refreshes (`GET /metrics`).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// One uniform draw in [0, 1) per attempt, for both jitters: [`uniform_sample`] unless a
     /// test fixes it (`Shared::with_sample`). After a success with draw `s` the next refresh
     /// is `refresh_delay(lifetime, policy, 2s − 1)`: defaults and a 1 h token, s = 0.75 gives

@@ -11,51 +11,51 @@ use std::time::Duration;
 use crate::clock::BootInstant;
 
 /// First backoff step after a failure; doubles per consecutive failure.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 /// Never schedule a refresh sooner than this after a token arrives, however short its
 /// lifetime: an upstream answering `expiresIn: 1` must not turn the daemon into a hot loop.
-pub const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
 
 /// After a resume, an app whose refresh point passed in the suspend calls upstream after a
 /// uniform wait in [0, this): a fleet of machines resumed together (a hypervisor's paused
 /// VMs, a lab's laptops at 9:00) spreads its calls over it instead of one burst, and
 /// `max_concurrent` bounds each daemon's calls as always. A request that finds no valid
 /// token does not wait for it: it asks the owner, which calls at once.
-pub const RESUME_JITTER: Duration = Duration::from_secs(2);
+pub(crate) const RESUME_JITTER: Duration = Duration::from_secs(2);
 
 /// `[refresh]` knobs the policy needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Fraction of the lifetime after which to refresh.
-    pub at: f64,
+    pub(crate) at: f64,
     /// +/- fraction of the lifetime, scaled by the sample.
-    pub jitter: f64,
+    pub(crate) jitter: f64,
     /// Refresh no later than this before expiry.
-    pub min_lead: Duration,
+    pub(crate) min_lead: Duration,
     /// Cap of the exponential backoff.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
 }
 
 /// The `[refresh]` policy as running apps read it: a reload replaces it, and every app uses
 /// the new one from its next scheduling decision on.
 #[derive(Debug, Clone, Default)]
-pub struct LivePolicy(std::sync::Arc<std::sync::RwLock<Policy>>);
+pub(crate) struct LivePolicy(std::sync::Arc<std::sync::RwLock<Policy>>);
 
 impl LivePolicy {
     /// A cell holding `policy`.
-    pub fn new(policy: Policy) -> LivePolicy {
+    pub(crate) fn new(policy: Policy) -> LivePolicy {
         LivePolicy(std::sync::Arc::new(std::sync::RwLock::new(policy)))
     }
 
     /// The current policy.
-    pub fn get(&self) -> Policy {
+    pub(crate) fn get(&self) -> Policy {
         // Policy is Copy and written whole, so a poisoned lock still holds a whole value.
         *self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the policy.
-    pub fn set(&self, policy: Policy) {
+    pub(crate) fn set(&self, policy: Policy) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 }
@@ -80,7 +80,7 @@ impl Default for Policy {
 /// for every token of at least 4/3 × min_lead (6 min 40 s by default), and a shorter one (a
 /// 60 s token against the default 5 min) is refreshed after a quarter of its life (15 s)
 /// rather than the moment it arrives.
-pub fn refresh_delay(lifetime: Duration, policy: &Policy, sample: f64) -> Duration {
+pub(crate) fn refresh_delay(lifetime: Duration, policy: &Policy, sample: f64) -> Duration {
     let sample = if sample.is_finite() {
         sample.clamp(-1.0, 1.0)
     } else {
@@ -100,7 +100,12 @@ pub fn refresh_delay(lifetime: Duration, policy: &Policy, sample: f64) -> Durati
 /// doubles the result, past the cap: the service asked for less traffic.
 ///
 /// Worked example, max 5 min: failures 1 → 0.5–1 s, 4 → 4–8 s, 10 → 150–300 s (512 s capped).
-pub fn backoff(failures: u32, max_backoff: Duration, sample: f64, throttled: bool) -> Duration {
+pub(crate) fn backoff(
+    failures: u32,
+    max_backoff: Duration,
+    sample: f64,
+    throttled: bool,
+) -> Duration {
     let sample = if sample.is_finite() {
         sample.clamp(0.0, 1.0)
     } else {
@@ -217,7 +222,7 @@ pub(crate) fn after_resume(
 
 /// Calls a request forces (`POST .../refresh`, a `min_ttl` the token does not meet) start at
 /// least this far apart for one app (CONTRACT §4).
-pub const FORCED_CALL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const FORCED_CALL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When a call a request forces at `now` may start, given when the app's last upstream call
 /// started: at once if that was [`FORCED_CALL_INTERVAL`] or more ago (or never), else at the

@@ -35,11 +35,11 @@ use crate::broker::Broker;
 
 /// Wrong or missing tokens one connection may send; the answer to the last says
 /// `connection: close`.
-pub const MAX_TOKEN_FAILURES: u32 = 3;
+pub(crate) const MAX_TOKEN_FAILURES: u32 = 3;
 
 /// The metrics `route` label of every request on the port, whatever it asked: the port's one
 /// route, told apart from the socket's.
-pub const ROUTE_LABEL: &str = "tcp:/v1/apps/{app}/credentials";
+pub(crate) const ROUTE_LABEL: &str = "tcp:/v1/apps/{app}/credentials";
 
 /// The one slot key: TCP peers have no uid, so the endpoint's own slots are one share.
 const TCP_PEERS: u32 = u32::MAX;

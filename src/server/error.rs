@@ -7,14 +7,14 @@ use crate::refresh::ServeError;
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// The answer's status (CONTRACT §5's table).
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// The envelope's `error.code`: a fixed snake_case word, never client text.
-    pub code: &'static str,
+    pub(crate) code: &'static str,
     /// The envelope's `error.message`: one sentence; any client text in it is bounded and
     /// quoted.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -27,12 +27,12 @@ impl ApiError {
     }
 
     /// 400 `bad_request`.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
     /// 403 `forbidden`: the app's `[access]` does not admit the peer.
-    pub fn forbidden(app: &str) -> ApiError {
+    pub(crate) fn forbidden(app: &str) -> ApiError {
         let shown: String = app.chars().take(64).collect();
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -42,7 +42,7 @@ impl ApiError {
     }
 
     /// 409 `endpoint_disabled`: `[server] credentials_listen` is not set (CONTRACT §5b).
-    pub fn endpoint_disabled() -> ApiError {
+    pub(crate) fn endpoint_disabled() -> ApiError {
         ApiError::new(
             StatusCode::CONFLICT,
             "endpoint_disabled",
@@ -53,7 +53,7 @@ impl ApiError {
     /// 403 `forbidden` on the credentials endpoint: the `Authorization` header is missing or
     /// is not the app's endpoint token (an unknown app answers the same, so the port does not
     /// tell which apps exist).
-    pub fn bad_endpoint_token() -> ApiError {
+    pub(crate) fn bad_endpoint_token() -> ApiError {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -63,7 +63,7 @@ impl ApiError {
 
     /// 403 `forbidden` on the credentials endpoint: the request carries an `Origin` header,
     /// so a browser sent it; no web page may read credentials.
-    pub fn origin_refused() -> ApiError {
+    pub(crate) fn origin_refused() -> ApiError {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -72,7 +72,7 @@ impl ApiError {
     }
 
     /// 408 `request_timeout`: the body did not arrive in time (not in the contract's list).
-    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+    pub(crate) fn body_timeout(limit: std::time::Duration) -> ApiError {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -85,7 +85,7 @@ impl ApiError {
 
     /// 429 `rate_limited`: this connection sent requests faster than allowed (not in the
     /// contract's list); the connection is closed after this answer.
-    pub fn rate_limited() -> ApiError {
+    pub(crate) fn rate_limited() -> ApiError {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -94,7 +94,7 @@ impl ApiError {
     }
 
     /// 404 `unknown_app`.
-    pub fn unknown_app(name: &str) -> ApiError {
+    pub(crate) fn unknown_app(name: &str) -> ApiError {
         let shown: String = name.chars().take(64).collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -104,7 +104,7 @@ impl ApiError {
     }
 
     /// 404 `not_found`.
-    pub fn not_found(what: &str) -> ApiError {
+    pub(crate) fn not_found(what: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -113,7 +113,7 @@ impl ApiError {
     }
 
     /// 405 `method_not_allowed` (not in the contract's list; see README "Socket API").
-    pub fn method_not_allowed(allowed: &str) -> ApiError {
+    pub(crate) fn method_not_allowed(allowed: &str) -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -122,7 +122,7 @@ impl ApiError {
     }
 
     /// 413 for a body over the limit.
-    pub fn too_large(limit: usize) -> ApiError {
+    pub(crate) fn too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "bad_request",

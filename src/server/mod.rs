@@ -7,11 +7,11 @@
 
 mod connection;
 pub mod endpoint;
-pub mod error;
+pub(crate) mod error;
 mod handlers;
-pub mod peer;
+pub(crate) mod peer;
 mod rate;
-pub mod response;
+pub(crate) mod response;
 pub mod routes;
 mod socket;
 
@@ -27,14 +27,14 @@ use tracing::{debug, warn};
 use crate::broker::Broker;
 use connection::{Bucket, Connection, Requests, Slots};
 use peer::Peer;
-pub use socket::{bind, SocketFile};
+pub(crate) use socket::{bind, SocketFile};
 
 /// How long requests in flight may run once shutdown starts (CONTRACT §6).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client must send its whole request head within this, and an idle keep-alive connection
 /// is closed after it.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The limits that keep a hostile or broken local client from costing more than its share.
 ///
@@ -103,7 +103,11 @@ fn http_settings(limits: &Limits) -> hyper::server::conn::http1::Builder {
 
 /// Serves until `shutdown` resolves, then stops accepting and gives requests in flight up to
 /// [`DRAIN_TIMEOUT`]. Uses the default [`Limits`].
-pub async fn run(listener: UnixListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn run(
+    listener: UnixListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) {
     run_with_limits(listener, broker, shutdown, Limits::default()).await
 }
 

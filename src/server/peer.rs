@@ -25,13 +25,13 @@ const ROOT: u32 = 0;
 
 /// The credentials of a connected peer, as the kernel reported them at `connect`.
 #[derive(Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// Effective uid of the connecting process.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Effective gid of the connecting process (its primary group for `[access] groups`).
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// Process id, for the logs; `None` when the kernel did not say.
-    pub pid: Option<i32>,
+    pub(crate) pid: Option<i32>,
     /// Primary gid plus supplementary groups: the kernel's, set at accept, or (when it could
     /// not say) the uid's user's, looked up on first need.
     groups: OnceCell<Vec<u32>>,
@@ -40,7 +40,7 @@ pub struct Peer {
 impl Peer {
     /// A peer with these ids whose supplementary groups, if needed, come from the user
     /// database.
-    pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
+    pub(crate) fn new(uid: u32, gid: u32, pid: Option<i32>) -> Peer {
         Peer {
             uid,
             gid,
@@ -52,7 +52,7 @@ impl Peer {
     /// Reads SO_PEERCRED and SO_PEERGROUPS. An error from the first (not a Unix socket peer)
     /// is the caller's to refuse; when only the second fails, the groups come from the user
     /// database.
-    pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+    pub(crate) fn of(stream: &UnixStream) -> std::io::Result<Peer> {
         let cred = stream.peer_cred()?;
         let peer = Peer::new(cred.uid(), cred.gid(), cred.pid());
         match peer_groups(stream.as_raw_fd()) {
@@ -75,7 +75,7 @@ impl Peer {
 
     /// The peer's groups: its primary gid and its supplementary groups (see the module doc
     /// for where those come from).
-    pub async fn groups(&self) -> &[u32] {
+    pub(crate) async fn groups(&self) -> &[u32] {
         self.groups
             .get_or_init(|| async {
                 let (uid, gid) = (self.uid, self.gid);
@@ -149,7 +149,7 @@ fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
 }
 
 /// Whether `access` needs the peer's group list to decide (so it is looked up only then).
-pub fn needs_groups(access: Option<&AccessConfig>) -> bool {
+pub(crate) fn needs_groups(access: Option<&AccessConfig>) -> bool {
     access.is_some_and(|a| !a.groups.is_empty())
 }
 
@@ -160,7 +160,12 @@ pub fn needs_groups(access: Option<&AccessConfig>) -> bool {
 /// - `[access]` present: it is the whole list. The uid in `uids`, the uid of a name in
 ///   `users`, or one of `groups` among the peer's groups (primary or supplementary); root
 ///   only if listed like anyone else, and an empty `[access]` admits nobody.
-pub fn admits(access: Option<&AccessConfig>, daemon_uid: u32, uid: u32, groups: &[u32]) -> bool {
+pub(crate) fn admits(
+    access: Option<&AccessConfig>,
+    daemon_uid: u32,
+    uid: u32,
+    groups: &[u32],
+) -> bool {
     match access {
         None => uid == daemon_uid || uid == ROOT,
         Some(access) => {

@@ -12,7 +12,7 @@ use crate::clock::rfc3339;
 use crate::refresh::Token;
 
 /// A JSON answer.
-pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -23,7 +23,7 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
 }
 
 /// The error envelope for `error`, with its status.
-pub fn error_response(error: ApiError) -> Response<Full<Bytes>> {
+pub(crate) fn error_response(error: ApiError) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "error": { "code": error.code, "message": error.message }
     });

@@ -12,25 +12,25 @@ use super::error::ApiError;
 
 /// The `route` label of a request whose path names no endpoint: a client cannot mint new
 /// series (or plant text in a label) by asking for odd paths.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// One endpoint of CONTRACT §5.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The path, `{app}` standing for one segment that must name a configured app. Also the
     /// metrics `route` label: never client text.
-    pub template: &'static str,
+    pub(crate) template: &'static str,
     /// The one method it takes; any other gets 405.
-    pub method: Method,
+    pub(crate) method: Method,
     /// What it does.
-    pub serves: Serves,
+    pub(crate) serves: Serves,
     /// When answering may call upstream however fresh the cache is.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
 }
 
 /// What an [`Endpoint`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serves {
+pub(crate) enum Serves {
     /// `{"status":"ok"}`.
     Health,
     /// The apps this peer may read.
@@ -54,7 +54,7 @@ pub enum Serves {
 /// read its token at any rate, and one connection is one task, so a flood of them cannot
 /// starve other clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     /// Never: answered from memory.
     Never,
     /// When the request carries a `min_ttl` (a cached token with less left is refreshed).
@@ -64,7 +64,7 @@ pub enum Upstream {
 }
 
 /// The route table.
-pub static ENDPOINTS: [Endpoint; 8] = [
+pub(crate) static ENDPOINTS: [Endpoint; 8] = [
     Endpoint {
         template: "/v1/health",
         method: Method::GET,
@@ -137,21 +137,21 @@ impl Endpoint {
 /// [`resolve`], which is pure, so routing can be tested (and fuzzed) without a broker. `A` is
 /// what the app look-up returns (the app's handle in the server).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route<A> {
+pub(crate) struct Route<A> {
     /// The handler to run, or the refusal to send.
-    pub target: Target<A>,
+    pub(crate) target: Target<A>,
     /// The `route` label: the template of the endpoint the path names (whatever the method,
     /// app or query), or [`OTHER`].
-    pub template: &'static str,
+    pub(crate) template: &'static str,
     /// Whether the request counts against its connection's rate: its endpoint's [`Upstream`]
     /// applies, or it is not a `GET`. The same whether it is answered or refused, so a client
     /// cannot flood writes or forced refreshes by getting them slightly wrong.
-    pub charged: bool,
+    pub(crate) charged: bool,
 }
 
 /// What answers a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target<A> {
+pub(crate) enum Target<A> {
     /// `GET /v1/health`.
     Health,
     /// `GET /v1/apps`.
@@ -171,7 +171,7 @@ pub enum Target<A> {
 
 /// The per-app routes of CONTRACT §5.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppAction {
+pub(crate) enum AppAction {
     /// `GET .../token[?min_ttl=SECS]`.
     Token {
         /// Refresh first if the cached token has less than this left.
@@ -194,7 +194,7 @@ pub enum AppAction {
 /// A refusal is 404 `unknown_app` / `not_found`, 405 `method_not_allowed` or 400
 /// `bad_request` (query), checked in that order: an unknown app name answers `unknown_app`
 /// whatever else is wrong with the request.
-pub fn resolve<A>(
+pub(crate) fn resolve<A>(
     method: &Method,
     path: &str,
     query: Option<&str>,

@@ -19,7 +19,7 @@ use tracing::info;
 
 /// The socket file we created; removed on drop if it is still ours (same inode).
 #[derive(Debug)]
-pub struct SocketFile {
+pub(crate) struct SocketFile {
     path: PathBuf,
     ino: u64,
     dev: u64,
@@ -27,7 +27,8 @@ pub struct SocketFile {
 
 impl SocketFile {
     /// Where the socket was bound (and what drop removes).
-    pub fn path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -46,7 +47,7 @@ impl Drop for SocketFile {
 /// by no one but the daemon's uid and root. A socket file nobody answers on (a dead daemon's)
 /// is replaced; one a live process answers on is refused; anything that is not a socket is
 /// left alone.
-pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
+pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
     bind_with(path, mode, |_| {})
 }
 

@@ -46,35 +46,35 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// What a sink last did, as `status` and `/metrics` show it.
 #[derive(Debug, Clone, Default)]
-pub struct SinkStatus {
+pub(crate) struct SinkStatus {
     /// When the file was last written.
-    pub last_write: Option<SystemTime>,
+    pub(crate) last_write: Option<SystemTime>,
     /// The last failure; cleared by a success.
-    pub last_error: Option<SinkError>,
+    pub(crate) last_error: Option<SinkError>,
     /// When what the file holds expires; `None` while the file holds nothing of ours.
-    pub expires_at: Option<SystemTime>,
+    pub(crate) expires_at: Option<SystemTime>,
 }
 
 /// A failed write or removal. The message is the OS error: never a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkError {
+pub(crate) struct SinkError {
     /// "write_failed" or "remove_failed".
-    pub code: &'static str,
+    pub(crate) code: &'static str,
     /// One human sentence.
-    pub message: String,
+    pub(crate) message: String,
     /// When it happened.
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// One sink as `status` lists it.
 #[derive(Debug, Clone)]
-pub struct SinkView {
+pub(crate) struct SinkView {
     /// The configured path.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The configured content.
-    pub content: SinkContent,
+    pub(crate) content: SinkContent,
     /// What it last did.
-    pub status: SinkStatus,
+    pub(crate) status: SinkStatus,
 }
 
 /// What the file holds, to tell a new token or credentials from the ones written.
@@ -140,7 +140,7 @@ struct Running {
 }
 
 /// Every sink of every app, by path (no two sinks share one: checked at load).
-pub struct Sinks {
+pub(crate) struct Sinks {
     clock: Clock,
     metrics: Arc<Metrics>,
     running: tokio::sync::Mutex<BTreeMap<PathBuf, Running>>,
@@ -153,7 +153,7 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 impl Sinks {
     /// No sinks yet.
-    pub fn new(clock: Clock, metrics: Arc<Metrics>) -> Sinks {
+    pub(crate) fn new(clock: Clock, metrics: Arc<Metrics>) -> Sinks {
         Sinks {
             clock,
             metrics,
@@ -169,7 +169,7 @@ impl Sinks {
     /// `apps` pairs each running app with the sinks its current config lists (an app whose
     /// only change was its `[[sink]]` tables keeps running, so its handle's config may list
     /// the old ones).
-    pub async fn sync(&self, apps: &[(Arc<AppHandle>, Vec<SinkConfig>)]) {
+    pub(crate) async fn sync(&self, apps: &[(Arc<AppHandle>, Vec<SinkConfig>)]) {
         let mut running = self.running.lock().await;
         let mut wanted: BTreeMap<PathBuf, (Arc<AppHandle>, SinkConfig)> = BTreeMap::new();
         for (app, sinks) in apps {
@@ -245,7 +245,7 @@ impl Sinks {
     /// All are told at once; what has not finished within [`SHUTDOWN_WAIT`] (a write or a
     /// `notify` command in progress) is aborted — a temporary file cut short this way is
     /// removed by the next start.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let running = std::mem::take(&mut *self.running.lock().await);
         let mut tasks = Vec::new();
         for r in running.into_values() {
@@ -267,7 +267,7 @@ impl Sinks {
     }
 
     /// The sinks of `app`, in path order.
-    pub fn of(&self, app: &str) -> Vec<SinkView> {
+    pub(crate) fn of(&self, app: &str) -> Vec<SinkView> {
         let Ok(running) = self.running.try_lock() else {
             // A reload is re-arranging the sinks right now; the next status read sees them.
             return Vec::new();

@@ -16,27 +16,27 @@ const LISTEN_FDS_START: RawFd = 3;
 
 /// What `LISTEN_*` said, once checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Passed {
+pub(crate) struct Passed {
     /// The descriptor to listen on.
-    pub fd: RawFd,
+    pub(crate) fd: RawFd,
     /// Its `LISTEN_FDNAMES` name (the socket unit's `FileDescriptorName=`), if given.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 /// The passed listener, ready for the server.
 #[derive(Debug)]
-pub struct Activated {
+pub(crate) struct Activated {
     /// Nonblocking, registered with the runtime.
-    pub listener: tokio::net::UnixListener,
+    pub(crate) listener: tokio::net::UnixListener,
     /// The socket's path, when it has one (an abstract socket does not).
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// The descriptor's name from `LISTEN_FDNAMES`.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 /// Why the passed socket cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ActivationError {
+pub(crate) enum ActivationError {
     /// `LISTEN_PID` / `LISTEN_FDS` are not numbers.
     #[error("socket activation: {0}")]
     BadEnvironment(String),
@@ -63,7 +63,7 @@ pub enum ActivationError {
 
 /// Reads `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` for process `pid`. `Ok(None)`: not
 /// activated (unset, another process's, or zero descriptors).
-pub fn parse(
+pub(crate) fn parse(
     listen_pid: Option<&str>,
     listen_fds: Option<&str>,
     listen_fdnames: Option<&str>,
@@ -103,7 +103,7 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The socket the service manager passed, if any. Reads and removes `LISTEN_PID`,
 /// `LISTEN_FDS` and `LISTEN_FDNAMES`; must run inside the tokio runtime.
-pub fn take() -> Result<Option<Activated>, ActivationError> {
+pub(crate) fn take() -> Result<Option<Activated>, ActivationError> {
     const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
     let [pid, fds, names] = VARS.map(|v| std::env::var(v).ok());
     for var in VARS {

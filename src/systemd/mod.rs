@@ -3,6 +3,6 @@
 //! a probe answers, and the `STATUS=` line) and [`activation`] (a listening socket passed by a
 //! `.socket` unit). None of it knows the broker: `serve` hands in the probe and the summary.
 
-pub mod activation;
-pub mod notify;
-pub mod watchdog;
+pub(crate) mod activation;
+pub(crate) mod notify;
+pub(crate) mod watchdog;

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 /// A connection to the service manager, or nothing.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     /// Where to send and the unbound socket to send from; `None`: not supervised.
     target: Option<(SocketAddr, UnixDatagram)>,
     /// Half of `WATCHDOG_USEC`, when the watchdog applies to this process.
@@ -32,7 +32,8 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier that sends nothing.
-    pub fn disabled() -> Notifier {
+    #[cfg(test)]
+    pub(crate) fn disabled() -> Notifier {
         Notifier {
             target: None,
             watchdog_every: None,
@@ -41,7 +42,7 @@ impl Notifier {
 
     /// From the values of `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`, for process
     /// `pid`. A bad value is logged and that part disabled: the daemon still serves.
-    pub fn from_vars(
+    pub(crate) fn from_vars(
         notify_socket: Option<&OsString>,
         watchdog_usec: Option<&OsString>,
         watchdog_pid: Option<&OsString>,
@@ -78,7 +79,7 @@ impl Notifier {
     /// which it removes from the environment so that children (`assertion_command`) do not
     /// talk to systemd in the daemon's name. `serve` builds it once, before it starts anything
     /// that could spawn a child, and hands it to whatever sends.
-    pub fn from_environment() -> Notifier {
+    pub(crate) fn from_environment() -> Notifier {
         const VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
         let [socket, usec, pid] = VARS.map(std::env::var_os);
         for var in VARS {
@@ -95,17 +96,17 @@ impl Notifier {
     }
 
     /// Whether a service manager listens.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.target.is_some()
     }
 
     /// How often to send `WATCHDOG=1` (half of `WATCHDOG_USEC`), if the watchdog is on.
-    pub fn watchdog_every(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_every(&self) -> Option<Duration> {
         self.watchdog_every
     }
 
     /// Sends one datagram of `KEY=VALUE` lines. `Ok` without sending when not supervised.
-    pub fn send(&self, message: &str) -> io::Result<()> {
+    pub(crate) fn send(&self, message: &str) -> io::Result<()> {
         let Some((addr, socket)) = &self.target else {
             return Ok(());
         };
@@ -128,13 +129,13 @@ impl Notifier {
     }
 
     /// `READY=1`: startup or a reload finished.
-    pub fn ready(&self) {
+    pub(crate) fn ready(&self) {
         self.send_logged("READY=1");
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC=` in the same datagram, as `Type=notify-reload`
     /// requires; follow with [`Notifier::ready`] once the reload is done (or rejected).
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         self.send_logged(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}",
             crate::clock::monotonic_usec()
@@ -142,17 +143,17 @@ impl Notifier {
     }
 
     /// `STOPPING=1`.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send_logged("STOPPING=1\nSTATUS=stopping");
     }
 
     /// `STATUS=line` (newlines would end the field: they become spaces).
-    pub fn status(&self, line: &str) {
+    pub(crate) fn status(&self, line: &str) {
         self.send_logged(&format!("STATUS={}", one_line(line)));
     }
 
     /// `WATCHDOG=1`.
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send_logged("WATCHDOG=1");
     }
 }

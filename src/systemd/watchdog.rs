@@ -15,11 +15,11 @@ use tracing::{error, info};
 use super::notify::Notifier;
 
 /// How often the `STATUS=` line is recomputed (sent only when it changed).
-pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Every `every`, asks `alive`; sends a ping (`ping`) only when it says yes. The first round
 /// is at once. A `no` is logged once per stretch; pings resume when the answer comes back.
-pub async fn watchdog<P, F>(every: Duration, mut alive: P, mut ping: impl FnMut())
+pub(crate) async fn watchdog<P, F>(every: Duration, mut alive: P, mut ping: impl FnMut())
 where
     P: FnMut() -> F,
     F: Future<Output = bool>,
@@ -45,7 +45,7 @@ where
 /// What runs beside the server while systemd supervises: the watchdog and the `STATUS=` line.
 /// [`Supervisor::stopping`] (or drop) ends both.
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     /// Where `STOPPING=1` goes once shutdown begins.
     notifier: Arc<Notifier>,
     /// The watchdog and status tasks, aborted at [`Supervisor::stopping`] or drop.
@@ -59,7 +59,7 @@ impl Supervisor {
     ///
     /// `summary` is polled rather than pushed, so a summary that reads the current app list
     /// stays right across a reload without subscribing to each app.
-    pub fn start<P, F, S>(notifier: Arc<Notifier>, probe: P, summary: S) -> Supervisor
+    pub(crate) fn start<P, F, S>(notifier: Arc<Notifier>, probe: P, summary: S) -> Supervisor
     where
         P: Fn(Duration) -> F + Send + 'static,
         F: Future<Output = bool> + Send,
@@ -101,7 +101,7 @@ impl Supervisor {
     }
 
     /// Shutdown begins: stops the pings and status updates, then sends `STOPPING=1`.
-    pub fn stopping(&mut self) {
+    pub(crate) fn stopping(&mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
         }

@@ -21,10 +21,10 @@ use crate::config::{AppConfig, AwsConfig, CaBundle, RoleConfig};
 
 /// Connect timeout of the shared SDK config (the credential chain's own calls); an app's
 /// calls use its `[aws] connect_timeout`.
-pub const CONNECT_TIMEOUT: Duration = crate::config::DEFAULT_CONNECT_TIMEOUT;
+pub(crate) const CONNECT_TIMEOUT: Duration = crate::config::DEFAULT_CONNECT_TIMEOUT;
 /// Whole-attempt timeout of the shared SDK config; an app's calls use its `[aws]`
 /// `connect_timeout + read_timeout`.
-pub const CALL_TIMEOUT: Duration = crate::config::DEFAULT_READ_TIMEOUT;
+pub(crate) const CALL_TIMEOUT: Duration = crate::config::DEFAULT_READ_TIMEOUT;
 
 /// An app's `[aws]` timeouts as the SDK takes them: `connect_timeout` for TCP + TLS,
 /// `read_timeout` from the request sent to the answer's head, and the two together as the
@@ -126,7 +126,7 @@ impl ClientKey {
 
 impl Upstreams {
     /// Signs with the SDK's default chain, or per app `[aws] profile`.
-    pub fn from_environment() -> Upstreams {
+    pub(crate) fn from_environment() -> Upstreams {
         Upstreams {
             credentials_override: None,
             sdk_configs: Mutex::new(HashMap::new()),
@@ -148,7 +148,7 @@ impl Upstreams {
     }
 
     /// The shared SDK config for a profile.
-    pub async fn sdk_config(&self, profile: Option<&str>) -> SdkConfig {
+    pub(crate) async fn sdk_config(&self, profile: Option<&str>) -> SdkConfig {
         let key = profile.map(str::to_owned);
         let mut configs = self.sdk_configs.lock().await;
         if let Some(c) = configs.get(&key) {
@@ -179,7 +179,7 @@ impl Upstreams {
     }
 
     /// A role assumer for an app with a `[role]`.
-    pub async fn role_assumer(&self, app: &AppConfig) -> Option<Arc<dyn RoleAssumer>> {
+    pub(crate) async fn role_assumer(&self, app: &AppConfig) -> Option<Arc<dyn RoleAssumer>> {
         let role = app.role.as_ref()?;
         let key = ClientKey::of(app, role.endpoint_url.as_ref());
         let cached = self.sts_clients.lock().await.get(&key).cloned();
@@ -199,7 +199,7 @@ impl Upstreams {
     }
 
     /// A token issuer for one app.
-    pub async fn token_issuer(&self, app: &AppConfig) -> Arc<dyn TokenIssuer> {
+    pub(crate) async fn token_issuer(&self, app: &AppConfig) -> Arc<dyn TokenIssuer> {
         let key = ClientKey::of(app, app.endpoint_url.as_ref());
         let cached = self.oidc_clients.lock().await.get(&key).cloned();
         let client = match cached {

@@ -4,8 +4,8 @@
 //! the calls and map their errors.
 
 pub mod clients;
-pub mod oidc;
-pub mod sts;
+pub(crate) mod oidc;
+pub(crate) mod sts;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,14 +14,14 @@ use std::time::SystemTime;
 use crate::secret::Secret;
 
 /// A boxed future, so the traits can be used as `Arc<dyn ..>`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `urn:ietf:params:oauth:token-type:access_token`: the only subject token type.
-pub const ACCESS_TOKEN_URN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(crate) const ACCESS_TOKEN_URN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The grant-specific members of one `CreateTokenWithIAM` call.
 #[derive(Debug, Clone)]
-pub enum GrantRequest {
+pub(crate) enum GrantRequest {
     /// `authorization_code`.
     AuthorizationCode {
         /// The code from the redirect.
@@ -52,7 +52,7 @@ pub enum GrantRequest {
 
 impl GrantRequest {
     /// The wire `grantType`.
-    pub fn grant_type(&self) -> &'static str {
+    pub(crate) fn grant_type(&self) -> &'static str {
         match self {
             GrantRequest::AuthorizationCode { .. } => "authorization_code",
             GrantRequest::RefreshToken { .. } => "refresh_token",
@@ -62,7 +62,7 @@ impl GrantRequest {
     }
 
     /// A short label for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             GrantRequest::AuthorizationCode { .. } => "authorization_code",
             GrantRequest::RefreshToken { .. } => "refresh_token",
@@ -75,32 +75,32 @@ impl GrantRequest {
 /// A successful `CreateTokenWithIAM` answer, checked: the token is non-empty and
 /// `expires_in` is positive.
 #[derive(Debug, Clone)]
-pub struct IssuedToken {
+pub(crate) struct IssuedToken {
     /// `accessToken`.
-    pub access_token: Secret,
+    pub(crate) access_token: Secret,
     /// `tokenType`.
-    pub token_type: String,
+    pub(crate) token_type: String,
     /// `expiresIn`, seconds, > 0.
-    pub expires_in: u64,
+    pub(crate) expires_in: u64,
     /// `refreshToken`.
-    pub refresh_token: Option<Secret>,
+    pub(crate) refresh_token: Option<Secret>,
     /// `idToken`.
-    pub id_token: Option<Secret>,
+    pub(crate) id_token: Option<Secret>,
     /// `issuedTokenType`.
-    pub issued_token_type: Option<String>,
+    pub(crate) issued_token_type: Option<String>,
     /// `scope`.
-    pub scopes: Option<Vec<String>>,
+    pub(crate) scopes: Option<Vec<String>>,
     /// `awsAdditionalDetails.identityContext`.
-    pub identity_context: Option<Secret>,
+    pub(crate) identity_context: Option<Secret>,
 }
 
 /// Longest `expiresIn` taken at face value (30 days). Longer answers are treated as this:
 /// a broken upstream must not make the daemon sit on a token for years.
-pub const MAX_EXPIRES_IN: u64 = 30 * 24 * 3600;
+pub(crate) const MAX_EXPIRES_IN: u64 = 30 * 24 * 3600;
 
 /// Why an upstream call failed, named for what the caller does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// The grant itself was refused (`invalid_grant`, `expired_token`): drop the refresh token
     /// or code, re-run the app's own grant where it can be, else needs login.
     #[error("{code}: {message}")]
@@ -140,7 +140,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The snake_case code.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         match self {
             UpstreamError::InvalidGrant { code, .. }
             | UpstreamError::SlowDown { code, .. }
@@ -150,7 +150,7 @@ impl UpstreamError {
     }
 
     /// The human message.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             UpstreamError::InvalidGrant { message, .. }
             | UpstreamError::SlowDown { message, .. }
@@ -210,7 +210,7 @@ where
 }
 
 /// Issues tokens for one app (`CreateTokenWithIAM`).
-pub trait TokenIssuer: Send + Sync {
+pub(crate) trait TokenIssuer: Send + Sync {
     /// One call, no retries: the refresh engine owns retrying.
     fn create_token(
         &self,
@@ -220,19 +220,19 @@ pub trait TokenIssuer: Send + Sync {
 
 /// Role credentials as STS returned them.
 #[derive(Debug, Clone)]
-pub struct RoleCredentials {
+pub(crate) struct RoleCredentials {
     /// `AccessKeyId` (not secret on its own, but never logged either).
-    pub access_key_id: String,
+    pub(crate) access_key_id: String,
     /// `SecretAccessKey`.
-    pub secret_access_key: Secret,
+    pub(crate) secret_access_key: Secret,
     /// `SessionToken`.
-    pub session_token: Secret,
+    pub(crate) session_token: Secret,
     /// `Expiration`.
-    pub expiration: SystemTime,
+    pub(crate) expiration: SystemTime,
 }
 
 /// Assumes one app's role.
-pub trait RoleAssumer: Send + Sync {
+pub(crate) trait RoleAssumer: Send + Sync {
     /// One `AssumeRole` call with `context_assertion` as the provided context; no retries.
     fn assume_role(
         &self,

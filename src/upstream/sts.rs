@@ -12,7 +12,7 @@ use crate::config::RoleConfig;
 use crate::secret::Secret;
 
 /// The context provider for Identity Center assertions (reference §2).
-pub const IDENTITY_CENTER_PROVIDER: &str = "arn:aws:iam::aws:contextProvider/IdentityCenter";
+pub(crate) const IDENTITY_CENTER_PROVIDER: &str = "arn:aws:iam::aws:contextProvider/IdentityCenter";
 
 /// The SDK-backed assumer of one app's role (built by [`super::clients::Upstreams`]).
 pub(crate) struct StsAssumer {
