@@ -19,6 +19,8 @@
 //!   [`secret`]: the one secret type; [`logging`], [`signals`].
 //! - [`systemd`]: sd_notify notifications, the watchdog and `STATUS=` line, socket activation.
 //! - [`metrics`]: the Prometheus counters and per-app gauges of `GET /metrics`.
+//! - [`sinks`]: `[[sink]]` files kept current (one task per sink on the app's snapshot; the
+//!   atomic no-follow write in `sinks/write.rs`; notify/signal after a write).
 //! - [`store`]: the state dir; [`seal`]: its files sealed at rest (the systemd credential
 //!   `state-key`, HKDF, AES-256-GCM, the sealed format).
 //! - [`harden`]: non-dumpable, no core files, for the commands that hold secrets.
