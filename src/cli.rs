@@ -199,7 +199,7 @@ impl CompletionShell {
     /// The static completion script for this shell, from these definitions (subcommands,
     /// options, `--format` values); the packaged copies under `pkg/completions/` are these
     /// bytes. App names are not completed: see the README.
-    pub(crate) fn script(self) -> String {
+    pub fn script(self) -> String {
         let shell = match self {
             CompletionShell::Bash => clap_complete::Shell::Bash,
             CompletionShell::Zsh => clap_complete::Shell::Zsh,
