@@ -34,6 +34,7 @@ complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "serve" -d 'Run 
 complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "check-config" -d 'Validate the config; print FILE:LINE:COL: message per problem'
 complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "token" -d 'Print an app\'s access token'
 complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "credential-process" -d 'Print credential_process JSON for an app with a [role]'
+complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "exec" -d 'Run CMD with the app\'s AWS credentials from the credentials endpoint; exit with its status'
 complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "status" -d 'One row per app: state, expiry, next refresh, last error'
 complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "refresh" -d 'Refresh an app\'s token now and wait for the result'
 complete -c iamtokend -n "__fish_iamtokend_needs_command" -f -a "fetch" -d 'Run an app\'s grant once, without a daemon, and print what Identity Center answered'
@@ -62,6 +63,11 @@ complete -c iamtokend -n "__fish_iamtokend_using_subcommand credential-process" 
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand credential-process" -l config -d 'The main config file' -r -F
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand credential-process" -l server-uid -d 'Also believe a daemon running as this uid (instead of the `iamtokend` user\'s); root and your own uid are always believed' -r
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand credential-process" -s h -l help -d 'Print help'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand exec" -l timeout -d 'How long to wait for the daemon\'s answer, in seconds (default 60)' -r
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand exec" -l socket -d 'The daemon\'s socket (client subcommands)' -r -F
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand exec" -l config -d 'The main config file' -r -F
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand exec" -l server-uid -d 'Also believe a daemon running as this uid (instead of the `iamtokend` user\'s); root and your own uid are always believed' -r
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand exec" -s h -l help -d 'Print help'
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand status" -l timeout -d 'How long to wait for the daemon\'s answer, in seconds (default 60)' -r
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand status" -l format -d 'Output format' -r -f -a "table\t'Aligned columns'
 json\t'The `/v1/apps` JSON'"
@@ -92,13 +98,14 @@ complete -c iamtokend -n "__fish_iamtokend_using_subcommand completions" -l sock
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand completions" -l config -d 'The main config file' -r -F
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand completions" -l server-uid -d 'Also believe a daemon running as this uid (instead of the `iamtokend` user\'s); root and your own uid are always believed' -r
 complete -c iamtokend -n "__fish_iamtokend_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "serve" -d 'Run the daemon in the foreground'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "check-config" -d 'Validate the config; print FILE:LINE:COL: message per problem'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "token" -d 'Print an app\'s access token'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "credential-process" -d 'Print credential_process JSON for an app with a [role]'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "status" -d 'One row per app: state, expiry, next refresh, last error'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "refresh" -d 'Refresh an app\'s token now and wait for the result'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "fetch" -d 'Run an app\'s grant once, without a daemon, and print what Identity Center answered'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "login" -d 'Authorization-code bootstrap with PKCE'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "completions" -d 'Print a completion script for SHELL on stdout'
-complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process status refresh fetch login completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "serve" -d 'Run the daemon in the foreground'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "check-config" -d 'Validate the config; print FILE:LINE:COL: message per problem'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "token" -d 'Print an app\'s access token'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "credential-process" -d 'Print credential_process JSON for an app with a [role]'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "exec" -d 'Run CMD with the app\'s AWS credentials from the credentials endpoint; exit with its status'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "status" -d 'One row per app: state, expiry, next refresh, last error'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "refresh" -d 'Refresh an app\'s token now and wait for the result'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "fetch" -d 'Run an app\'s grant once, without a daemon, and print what Identity Center answered'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "login" -d 'Authorization-code bootstrap with PKCE'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "completions" -d 'Print a completion script for SHELL on stdout'
+complete -c iamtokend -n "__fish_iamtokend_using_subcommand help; and not __fish_seen_subcommand_from serve check-config token credential-process exec status refresh fetch login completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
