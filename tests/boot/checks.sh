@@ -102,11 +102,11 @@ installed() {
   [ "$(stat -c '%U:%G %a' /etc/iamtokend/apps.d)" = "root:iamtokend 750" ] || return 1
   [ "$(systemctl is-enabled iamtokend.socket)" = enabled ] || return 1
   [ "$(systemctl is-active iamtokend.socket)" = active ] || return 1
-  [ "$(stat -c '%U:%G %a' $SOCK)" = "root:iamtokend 660" ] || return 1
+  [ "$(stat -c '%U:%G %a' $SOCK)" = "root:iamtokend-clients 660" ] || return 1
   # Nothing has connected yet: the service waits for its first client.
   [ "$(systemctl is-active $SVC)" = inactive ]
 }
-check "dpkg -i installs the package: user and group iamtokend, /etc/iamtokend/apps.d root:iamtokend 0750, iamtokend.socket enabled and listening, the service not started" installed
+check "dpkg -i installs the package: user and group iamtokend, /etc/iamtokend/apps.d root:iamtokend 0750, iamtokend.socket enabled and listening (root:iamtokend-clients 0660), the service not started" installed
 
 # What a minimal Debian lacks and the package needs at run time: CA certificates (without
 # them the AWS SDK's TLS setup panics at start: "no native root CA certificates found") and
@@ -123,7 +123,7 @@ depends() {
 }
 check "the package depends on ca-certificates (TLS roots) and procps (/bin/kill of ExecReload=)" depends
 
-usermod -aG iamtokend alice
+usermod -aG iamtokend-clients alice
 cat >/etc/iamtokend/environment <<EOF
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
@@ -211,10 +211,10 @@ access() {
   a=$(get $SOCK /v1/apps/analytics/token alice)
   grep -q '"access_token"' /tmp/body || a="$a (no access_token)"
   b=$(get $SOCK /v1/apps/analytics/token bob)
-  echo "alice (group iamtokend): $a; bob: '$b' (000: no connection)"
+  echo "alice (group iamtokend-clients): $a; bob: '$b' (000: no connection)"
   [ "$a" = 200 ] && [ "$b" = 000 ]
 }
-check "a member of group iamtokend (alice) reads a token; another user (bob) cannot connect" access
+check "a member of group iamtokend-clients (alice) reads a token; another user (bob) cannot connect" access
 
 stopped() {
   local t0=$SECONDS
