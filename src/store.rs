@@ -368,21 +368,28 @@ impl Store {
             })
             .to_string(),
         });
+        self.replace_file(&tmp, &path, body.as_bytes())
+    }
+
+    /// The atomic replace every state file gets: `tmp` (a fresh random name) created
+    /// exclusively without following links, exactly 0600 whatever the umask, `body` written and
+    /// fsynced, renamed over `path`, the directory fsynced; `tmp` removed on any failure.
+    pub(super) fn replace_file(&self, tmp: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
         let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
+                .open(tmp)?;
             // Exactly 0600 whatever the umask (on the descriptor, not the path).
             file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(body.as_bytes())?;
+            file.write_all(body)?;
             file.sync_all()?;
-            fs::rename(&tmp, &path)
+            fs::rename(tmp, path)
         })();
         if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(tmp);
             return Err(e);
         }
         File::open(&self.dir)?.sync_all()

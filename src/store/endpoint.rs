@@ -10,9 +10,9 @@
 //! temp file, mode 0600, fsync, rename, fsync of the directory; a damaged one is moved
 //! aside. Not sealed yet: when `[state] seal` lands this file goes through it too.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -105,23 +105,7 @@ impl Store {
         let body = Zeroizing::new(
             serde_json::json!({ "role": role, "token": token.expose() }).to_string(),
         );
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(body.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        File::open(&self.dir)?.sync_all()
+        self.replace_file(&tmp, &path, body.as_bytes())
     }
 
     /// Forgets `app`'s endpoint token (the app went, or lost its `[role]`).
