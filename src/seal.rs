@@ -18,14 +18,16 @@
 //! {"v":1,"alg":"A256GCM","client_id":"arn:aws:sso::...","nonce":"<12 bytes, base64>","ct":"<ciphertext+16-byte tag, base64>"}
 //! ```
 //!
-//! The plaintext is the secret's UTF-8 bytes. The nonce is 96 random bits from aws-lc's RNG,
-//! new for every write. The associated data is
-//! `"iamtokend-state" 0x00 v(u8) | len(app) app | len(client_id) client_id | len(purpose) purpose`
-//! (lengths u32 big-endian): a file copied to another app's name, another client id, or
-//! another purpose (a refresh token presented as an endpoint token) does not open. The clear
-//! `client_id` is only there so that a file of a replaced application is told apart (ignored,
-//! as an unsealed one is) from a file that does not open (moved aside); the associated data
-//! uses the configured one, so editing it gains nothing.
+//! (an endpoint token's file has `"role":"<fingerprint>"` where a refresh token's has
+//! `"client_id"`: [`Purpose::clear_field`]). The plaintext is the secret's UTF-8 bytes. The
+//! nonce is 96 random bits from aws-lc's RNG, new for every write. The associated data is
+//! `"iamtokend-state" 0x00 v(u8) | len(app) app | len(bound_to) bound_to | len(purpose) purpose`
+//! (lengths u32 big-endian; `bound_to` is the client id or the role fingerprint): a file
+//! copied to another app's name, another client id or `[role]`, or another purpose (a refresh
+//! token presented as an endpoint token) does not open. The clear field is only there so that
+//! a file of a replaced application or role is told apart (ignored, as an unsealed one is)
+//! from a file that does not open (moved aside); the associated data uses the configured
+//! one, so editing it gains nothing.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -64,15 +66,29 @@ const HKDF_INFO: &[u8] = b"iamtokend state file v1 A256GCM";
 /// purpose is never read back as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
-    /// The app's newest refresh token (`NAME.json`).
+    /// The app's newest refresh token (`NAME.json`), bound to its `client_id`.
     RefreshToken,
+    /// The app's credentials-endpoint token (`NAME@endpoint.json`), bound to its `[role]`'s
+    /// fingerprint.
+    EndpointToken,
 }
 
 impl Purpose {
-    /// The name bound into the associated data.
+    /// The name bound into the associated data; also the unsealed file's field that holds
+    /// the secret.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Purpose::RefreshToken => "refresh_token",
+            Purpose::EndpointToken => "token",
+        }
+    }
+
+    /// The clear field that says what the secret is bound to ([`Binding::bound_to`]), in the
+    /// sealed and the unsealed format alike.
+    pub(crate) fn clear_field(self) -> &'static str {
+        match self {
+            Purpose::RefreshToken => "client_id",
+            Purpose::EndpointToken => "role",
         }
     }
 }
@@ -82,18 +98,19 @@ impl Purpose {
 pub(crate) struct Binding<'a> {
     /// The app's name (the file's name).
     pub(crate) app: &'a str,
-    /// The app's configured `client_id`.
-    pub(crate) client_id: &'a str,
+    /// What the secret belongs to besides the app: its configured `client_id` for a refresh
+    /// token, its `[role]` fingerprint for an endpoint token ([`Purpose::clear_field`]).
+    pub(crate) bound_to: &'a str,
     /// What the file holds.
     pub(crate) purpose: Purpose,
 }
 
 impl Binding<'_> {
     fn aad(&self, version: u8) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(64 + self.app.len() + self.client_id.len());
+        let mut aad = Vec::with_capacity(64 + self.app.len() + self.bound_to.len());
         aad.extend_from_slice(AAD_TAG);
         aad.push(version);
-        for part in [self.app, self.client_id, self.purpose.as_str()] {
+        for part in [self.app, self.bound_to, self.purpose.as_str()] {
             // Names and ARNs are far below 4 GiB; saturating keeps this total anyway.
             let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
             aad.extend_from_slice(&len.to_be_bytes());
@@ -183,14 +200,14 @@ impl StateKey {
                 &mut *in_out,
             )
             .map_err(|_| io::Error::other("sealing failed"))?;
-        Ok(serde_json::json!({
+        let mut file = serde_json::json!({
             "v": FORMAT_VERSION,
             "alg": ALG,
-            "client_id": binding.client_id,
             "nonce": B64.encode(nonce),
             "ct": B64.encode(&*in_out),
-        })
-        .to_string())
+        });
+        file[binding.purpose.clear_field()] = binding.bound_to.into();
+        Ok(file.to_string())
     }
 
     /// Opens a sealed file's fields for `binding`.
@@ -227,7 +244,7 @@ impl StateKey {
     }
 }
 
-/// The fields of a sealed file other than its clear `client_id` (the store reads them).
+/// The fields of a sealed file other than its clear binding (the store reads them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SealedFields {
     /// `"v"`.
@@ -418,7 +435,7 @@ mod tests {
     fn binding<'a>(app: &'a str, client_id: &'a str) -> Binding<'a> {
         Binding {
             app,
-            client_id,
+            bound_to: client_id,
             purpose: Purpose::RefreshToken,
         }
     }
@@ -471,6 +488,31 @@ mod tests {
         // Length prefixes: moving bytes between app and client id changes the data.
         assert_eq!(
             k.open(&binding("ac", "id"), &sealed).unwrap_err(),
+            OpenError::NotOpened
+        );
+        // The same app and binding string, sealed as an endpoint token: not a refresh token.
+        let as_endpoint = Binding {
+            purpose: Purpose::EndpointToken,
+            ..binding("a", "cid")
+        };
+        let text = k.seal(&as_endpoint, &Secret::new(TOKEN)).unwrap();
+        assert!(
+            text.contains(r#""role":"cid""#) && !text.contains("client_id"),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let endpoint_sealed = SealedFields {
+            v: 1,
+            alg: ALG.into(),
+            nonce: v["nonce"].as_str().unwrap().into(),
+            ct: v["ct"].as_str().unwrap().into(),
+        };
+        assert_eq!(
+            k.open(&binding("a", "cid"), &endpoint_sealed).unwrap_err(),
+            OpenError::NotOpened
+        );
+        assert_eq!(
+            k.open(&as_endpoint, &sealed).unwrap_err(),
             OpenError::NotOpened
         );
         assert_ne!(binding("a", "bc").aad(1), binding("ab", "c").aad(1));

@@ -1,10 +1,13 @@
-//! The state dir: the newest refresh token per app, and nothing re-derivable (CONTRACT §4).
+//! The state dir: per app, the newest refresh token and the credentials-endpoint token, and
+//! nothing re-derivable (CONTRACT §4, §7).
 //!
-//! Files are `NAME.json` (`{"client_id", "refresh_token"}`), mode 0600 in a 0700 directory,
-//! replaced atomically: write a temp file, fsync it, rename over the old one, fsync the
-//! directory. A file that cannot be read back is moved aside as `NAME.json.corrupt-<unix
-//! seconds>` and the app falls back to its configured source. Every call blocks (fsyncs), so
-//! the owner task and the broker call it through `spawn_blocking`.
+//! Files are `NAME.json` (`{"client_id", "refresh_token"}`) and `NAME@endpoint.json`
+//! ([`endpoint`]: `{"role", "token"}`), mode 0600 in a 0700 directory, both read and written
+//! by one pair of functions ([`Store::load_secret`], [`Store::save_secret`]) and replaced
+//! atomically: write a temp file, fsync it, rename over the old one, fsync the directory. A
+//! file that cannot be read back is moved aside as `<file>.corrupt-<unix seconds>` and the
+//! app falls back to its configured source (or makes a new endpoint token). Every call
+//! blocks (fsyncs), so the owner task and the broker call it through `spawn_blocking`.
 //!
 //! The directory holds secrets, so nothing in it may be another user's: [`Store::open`]
 //! refuses a state dir that is a symlink, not a directory, owned by another uid, or writable
@@ -13,10 +16,10 @@
 //! without following links, only when they are regular files of ours, and at most
 //! [`MAX_STATE_BYTES`] (a bigger one is damaged). The read buffer is zeroed after use.
 //!
-//! Sealing ([`crate::seal`], `[state] seal`): with a key, files are written in the sealed
-//! format (`{"v":1,"alg":"A256GCM","client_id","nonce","ct"}`, bound to the app, its
-//! client id and the purpose). An unsealed file (`{"client_id","refresh_token"}`) is still
-//! read, and rewritten sealed at once. A sealed file that does not open (another key,
+//! Sealing ([`crate::seal`], `[state] seal`): with a key, both files are written in the
+//! sealed format (`{"v":1,"alg":"A256GCM","client_id" or "role","nonce","ct"}`, bound to the
+//! app, its client id or role fingerprint, and the purpose). An unsealed file is still read,
+//! and rewritten sealed at once. A sealed file that does not open (another key,
 //! another app, changed or cut bytes, an unknown version), or any sealed file while sealing
 //! is off or has no key, is moved aside like a damaged one, with the reason logged: the app
 //! falls back to its configured source, and the file is kept for whoever restores the key.
@@ -38,17 +41,28 @@ mod endpoint;
 /// Largest state file read; a bigger one is treated as damaged (a real one is under 4 KiB).
 pub(crate) const MAX_STATE_BYTES: usize = 64 * 1024;
 
-/// One app's state file, either format: unsealed (`client_id`, `refresh_token`) or sealed
-/// (`client_id`, `v`, `alg`, `nonce`, `ct`). One struct of optional fields rather than an
-/// untagged enum: serde would buffer an untagged value (the secret) in a copy it never zeroes.
+/// One state file, either format and either purpose: unsealed (`client_id` and
+/// `refresh_token`, or `role` and `token`) or sealed (the clear field, `v`, `alg`, `nonce`,
+/// `ct`). One struct of optional fields rather than an untagged enum: serde would buffer an
+/// untagged value (the secret) in a copy it never zeroes.
 #[derive(Deserialize)]
 struct Saved {
-    client_id: String,
+    client_id: Option<String>,
+    role: Option<String>,
     refresh_token: Option<Secret>,
+    token: Option<Secret>,
     v: Option<u64>,
     alg: Option<String>,
     nonce: Option<String>,
     ct: Option<String>,
+}
+
+/// What the app does when its file gives nothing (the end of a log line).
+fn fallback(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::RefreshToken => "using the configured source",
+        Purpose::EndpointToken => "making a new endpoint token",
+    }
 }
 
 /// Why [`Store::open`] failed.
@@ -174,172 +188,12 @@ impl Store {
     /// file (not JSON, a symlink, not a regular file of ours, over [`MAX_STATE_BYTES`]) is
     /// moved aside (and logged); a file for another client id is ignored.
     pub(crate) fn load(&self, app: &str, client_id: &str, wall_secs: u64) -> Option<Secret> {
-        let path = self.file(app);
-        // O_NONBLOCK: a FIFO planted here must not hang the open; no effect on a regular file.
-        let opened = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path);
-        let mut file = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                self.quarantine(app, &path, wall_secs, "a symbolic link");
-                return None;
-            }
-            Err(e) => {
-                warn!(app, path = %path.display(), error = %e, "cannot read saved state; using the configured source");
-                return None;
-            }
-        };
-        let meta = match file.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(app, path = %path.display(), error = %e, "cannot read saved state; using the configured source");
-                return None;
-            }
-        };
-        let uid = nix::unistd::geteuid().as_raw();
-        if !meta.is_file() {
-            self.quarantine(app, &path, wall_secs, "not a regular file");
-            return None;
-        }
-        if meta.uid() != uid {
-            let why = format!("owned by uid {}, not {uid}", meta.uid());
-            self.quarantine(app, &path, wall_secs, &why);
-            return None;
-        }
-        let too_big = format!("larger than {MAX_STATE_BYTES} bytes");
-        if meta.len() > MAX_STATE_BYTES as u64 {
-            self.quarantine(app, &path, wall_secs, &too_big);
-            return None;
-        }
-        // A fixed buffer, never grown (no copy of the secret left behind by a realloc).
-        let mut buf = Zeroizing::new(vec![0u8; MAX_STATE_BYTES + 1]);
-        let mut len = 0;
-        while len < buf.len() {
-            match file.read(&mut buf[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!(app, path = %path.display(), error = %e, "cannot read saved state; using the configured source");
-                    return None;
-                }
-            }
-        }
-        if len > MAX_STATE_BYTES {
-            self.quarantine(app, &path, wall_secs, &too_big);
-            return None;
-        }
-        let saved = match serde_json::from_slice::<Saved>(&buf[..len]) {
-            Ok(saved) => saved,
-            Err(e) => {
-                self.quarantine(app, &path, wall_secs, &e.classify_str());
-                return None;
-            }
-        };
-        if saved.client_id != client_id {
-            warn!(app, "saved state belongs to another client_id; ignoring it");
-            return None;
-        }
         let binding = Binding {
             app,
-            client_id,
+            bound_to: client_id,
             purpose: Purpose::RefreshToken,
         };
-        let token = match (saved.refresh_token, saved.v) {
-            (Some(_), Some(_)) => {
-                self.quarantine(app, &path, wall_secs, "both sealed and unsealed fields");
-                return None;
-            }
-            (Some(token), None) => {
-                if token.is_empty() {
-                    self.quarantine(app, &path, wall_secs, "empty refresh token");
-                    return None;
-                }
-                if self.sealing.key().is_some() {
-                    self.migrate(app, client_id, &token);
-                }
-                token
-            }
-            (None, Some(v)) => {
-                let (Some(alg), Some(nonce), Some(ct)) = (saved.alg, saved.nonce, saved.ct) else {
-                    self.quarantine(app, &path, wall_secs, "a sealed file with fields missing");
-                    return None;
-                };
-                let fields = SealedFields { v, alg, nonce, ct };
-                let key = match &self.sealing {
-                    Sealing::Sealed { key, .. } => key,
-                    Sealing::Off => {
-                        let why = "sealed, but [state] seal = \"off\" (restore seal = \"auto\" and the key to use it)";
-                        self.quarantine(app, &path, wall_secs, why);
-                        return None;
-                    }
-                    Sealing::NoKey(no_key) => {
-                        let why = format!("sealed, but there is no state key: {no_key}");
-                        self.quarantine(app, &path, wall_secs, &why);
-                        return None;
-                    }
-                };
-                let opened = match (key.open(&binding, &fields), self.sealing.previous_key()) {
-                    (Err(seal::OpenError::NotOpened), Some(previous)) => {
-                        let opened = previous.open(&binding, &fields);
-                        if let Ok(token) = &opened {
-                            if !token.is_empty() {
-                                info!(app, "state file sealed with state-key-previous; resealing it with state-key");
-                                self.migrate(app, client_id, token);
-                            }
-                        }
-                        opened
-                    }
-                    (opened, _) => opened,
-                };
-                match opened {
-                    Ok(token) if token.is_empty() => {
-                        self.quarantine(app, &path, wall_secs, "empty refresh token");
-                        return None;
-                    }
-                    Ok(token) => token,
-                    Err(e) => {
-                        self.quarantine(app, &path, wall_secs, &e.to_string());
-                        return None;
-                    }
-                }
-            }
-            (None, None) => {
-                self.quarantine(
-                    app,
-                    &path,
-                    wall_secs,
-                    "neither a refresh token nor a sealed one",
-                );
-                return None;
-            }
-        };
-        Some(token)
-    }
-
-    /// An unsealed file (or one sealed with the previous key) read while sealing: rewritten
-    /// sealed with the current key now, so no plain or old-key copy waits for the next
-    /// rotation (which may be hours away, or never for a non-rotating token).
-    fn migrate(&self, app: &str, client_id: &str, token: &Secret) {
-        match self.save(app, client_id, token) {
-            Ok(()) => info!(app, "state file rewritten sealed with state-key"),
-            Err(e) => {
-                warn!(app, error = %e, "cannot rewrite the unsealed state file sealed; it stays until the next save")
-            }
-        }
-    }
-
-    fn quarantine(&self, app: &str, path: &Path, wall_secs: u64, why: &str) {
-        let aside = PathBuf::from(format!("{}.corrupt-{wall_secs}", path.display()));
-        match fs::rename(path, &aside) {
-            Ok(()) => {
-                warn!(app, moved_to = %aside.display(), why, "damaged state file moved aside; using the configured source")
-            }
-            Err(e) => warn!(app, error = %e, why, "damaged state file could not be moved aside"),
-        }
+        self.load_secret(&binding, wall_secs)
     }
 
     /// Saves `refresh_token` atomically and durably, sealed when there is a key.
@@ -349,24 +203,252 @@ impl Store {
         client_id: &str,
         refresh_token: &Secret,
     ) -> io::Result<()> {
-        let path = self.file(app);
+        let binding = Binding {
+            app,
+            bound_to: client_id,
+            purpose: Purpose::RefreshToken,
+        };
+        self.save_secret(&binding, refresh_token)
+    }
+
+    /// The file that holds `binding`'s secret.
+    fn path_of(&self, binding: &Binding<'_>) -> PathBuf {
+        match binding.purpose {
+            Purpose::RefreshToken => self.file(binding.app),
+            Purpose::EndpointToken => self.endpoint_file(binding.app),
+        }
+    }
+
+    /// The secret `binding` names, from its file in either format. The one reading of every
+    /// state file: hardened ([`Store::read_capped`]), then the clear binding compared (another
+    /// client id or role: ignored, left in place), then unsealed or opened. An unsealed file
+    /// or one sealed with the previous key is rewritten with the current key at once;
+    /// anything else that does not give the secret is moved aside with the reason logged.
+    fn load_secret(&self, binding: &Binding<'_>, wall_secs: u64) -> Option<Secret> {
+        let app = binding.app;
+        let purpose = binding.purpose;
+        let path = self.path_of(binding);
+        let buf = self.read_capped(binding, &path, wall_secs)?;
+        let saved = match serde_json::from_slice::<Saved>(&buf) {
+            Ok(saved) => saved,
+            Err(e) => {
+                self.quarantine(binding, &path, wall_secs, &e.classify_str());
+                return None;
+            }
+        };
+        let (bound_to, plain) = match purpose {
+            Purpose::RefreshToken => (saved.client_id, saved.refresh_token),
+            Purpose::EndpointToken => (saved.role, saved.token),
+        };
+        let Some(bound_to) = bound_to else {
+            let why = format!("no \"{}\" field", purpose.clear_field());
+            self.quarantine(binding, &path, wall_secs, &why);
+            return None;
+        };
+        if bound_to != binding.bound_to {
+            match purpose {
+                Purpose::RefreshToken => {
+                    warn!(app, "saved state belongs to another client_id; ignoring it")
+                }
+                Purpose::EndpointToken => {
+                    info!(
+                        app,
+                        "the saved endpoint token was made for another [role]; making a new one"
+                    )
+                }
+            }
+            return None;
+        }
+        let secret = match (plain, saved.v) {
+            (Some(_), Some(_)) => {
+                self.quarantine(binding, &path, wall_secs, "both sealed and unsealed fields");
+                return None;
+            }
+            (Some(secret), None) => {
+                if self.sealing.key().is_some() && !secret.is_empty() {
+                    self.migrate(binding, &secret);
+                }
+                secret
+            }
+            (None, Some(v)) => {
+                let (Some(alg), Some(nonce), Some(ct)) = (saved.alg, saved.nonce, saved.ct) else {
+                    self.quarantine(
+                        binding,
+                        &path,
+                        wall_secs,
+                        "a sealed file with fields missing",
+                    );
+                    return None;
+                };
+                let fields = SealedFields { v, alg, nonce, ct };
+                let key = match &self.sealing {
+                    Sealing::Sealed { key, .. } => key,
+                    Sealing::Off => {
+                        let why = "sealed, but [state] seal = \"off\" (restore seal = \"auto\" and the key to use it)";
+                        self.quarantine(binding, &path, wall_secs, why);
+                        return None;
+                    }
+                    Sealing::NoKey(no_key) => {
+                        let why = format!("sealed, but there is no state key: {no_key}");
+                        self.quarantine(binding, &path, wall_secs, &why);
+                        return None;
+                    }
+                };
+                let opened = match (key.open(binding, &fields), self.sealing.previous_key()) {
+                    (Err(seal::OpenError::NotOpened), Some(previous)) => {
+                        let opened = previous.open(binding, &fields);
+                        if let Ok(secret) = &opened {
+                            if !secret.is_empty() {
+                                info!(app, file = purpose.as_str(), "state file sealed with state-key-previous; resealing it with state-key");
+                                self.migrate(binding, secret);
+                            }
+                        }
+                        opened
+                    }
+                    (opened, _) => opened,
+                };
+                match opened {
+                    Ok(secret) => secret,
+                    Err(e) => {
+                        self.quarantine(binding, &path, wall_secs, &e.to_string());
+                        return None;
+                    }
+                }
+            }
+            (None, None) => {
+                let why = format!("neither \"{}\" nor a sealed one", purpose.as_str());
+                self.quarantine(binding, &path, wall_secs, &why);
+                return None;
+            }
+        };
+        if secret.is_empty() {
+            let why = format!("an empty \"{}\"", purpose.as_str());
+            self.quarantine(binding, &path, wall_secs, &why);
+            return None;
+        }
+        Some(secret)
+    }
+
+    /// The bytes of the state file at `path`, read the hardened way: no link followed (a
+    /// link is moved aside), no FIFO waited on, only a regular file of ours of at most
+    /// [`MAX_STATE_BYTES`], into one fixed buffer that is zeroed when dropped (never grown,
+    /// so no copy of the secret is left behind by a realloc). `None`: no file, or one moved
+    /// aside or unreadable (logged).
+    fn read_capped(
+        &self,
+        binding: &Binding<'_>,
+        path: &Path,
+        wall_secs: u64,
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        let app = binding.app;
+        let fallback = fallback(binding.purpose);
+        // O_NONBLOCK: a FIFO planted here must not hang the open; no effect on a regular file.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.quarantine(binding, path, wall_secs, "a symbolic link");
+                return None;
+            }
+            Err(e) => {
+                warn!(app, path = %path.display(), error = %e, "cannot read saved state; {fallback}");
+                return None;
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(app, path = %path.display(), error = %e, "cannot read saved state; {fallback}");
+                return None;
+            }
+        };
+        let uid = nix::unistd::geteuid().as_raw();
+        if !meta.is_file() {
+            self.quarantine(binding, path, wall_secs, "not a regular file");
+            return None;
+        }
+        if meta.uid() != uid {
+            let why = format!("owned by uid {}, not {uid}", meta.uid());
+            self.quarantine(binding, path, wall_secs, &why);
+            return None;
+        }
+        let too_big = format!("larger than {MAX_STATE_BYTES} bytes");
+        if meta.len() > MAX_STATE_BYTES as u64 {
+            self.quarantine(binding, path, wall_secs, &too_big);
+            return None;
+        }
+        let mut buf = Zeroizing::new(vec![0u8; MAX_STATE_BYTES + 1]);
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!(app, path = %path.display(), error = %e, "cannot read saved state; {fallback}");
+                    return None;
+                }
+            }
+        }
+        if len > MAX_STATE_BYTES {
+            self.quarantine(binding, path, wall_secs, &too_big);
+            return None;
+        }
+        // Shortened in place: the capacity (and the zeroing on drop) stays the buffer's.
+        buf.truncate(len);
+        Some(buf)
+    }
+
+    /// A file read while sealing that is unsealed, or sealed with the previous key:
+    /// rewritten sealed with the current key now, so no plain or old-key copy waits for the
+    /// next rotation (which may be hours away, or never for a non-rotating token).
+    fn migrate(&self, binding: &Binding<'_>, secret: &Secret) {
+        let app = binding.app;
+        let file = binding.purpose.as_str();
+        match self.save_secret(binding, secret) {
+            Ok(()) => info!(app, file, "state file rewritten sealed with state-key"),
+            Err(e) => {
+                warn!(app, file, error = %e, "cannot rewrite the state file sealed; it stays as it is until the next save")
+            }
+        }
+    }
+
+    fn quarantine(&self, binding: &Binding<'_>, path: &Path, wall_secs: u64, why: &str) {
+        let app = binding.app;
+        let fallback = fallback(binding.purpose);
+        let aside = PathBuf::from(format!("{}.corrupt-{wall_secs}", path.display()));
+        match fs::rename(path, &aside) {
+            Ok(()) => {
+                warn!(app, moved_to = %aside.display(), why, "damaged state file moved aside; {fallback}")
+            }
+            Err(e) => warn!(app, error = %e, why, "damaged state file could not be moved aside"),
+        }
+    }
+
+    /// Saves `secret` for `binding` atomically and durably: sealed when there is a key,
+    /// else unsealed (`{"client_id","refresh_token"}` or `{"role","token"}`).
+    fn save_secret(&self, binding: &Binding<'_>, secret: &Secret) -> io::Result<()> {
+        let path = self.path_of(binding);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io::Error::other("a state file name that is not UTF-8"))?;
         let tmp = self
             .dir
-            .join(format!(".{app}.json.tmp-{:016x}", rand::random::<u64>()));
+            .join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
         let body = Zeroizing::new(match self.sealing.key() {
-            Some(key) => {
-                let binding = Binding {
-                    app,
-                    client_id,
-                    purpose: Purpose::RefreshToken,
-                };
-                key.seal(&binding, refresh_token)?
+            Some(key) => key.seal(binding, secret)?,
+            None => {
+                let mut plain = serde_json::Map::new();
+                let purpose = binding.purpose;
+                plain.insert(purpose.clear_field().into(), binding.bound_to.into());
+                plain.insert(purpose.as_str().into(), secret.expose().into());
+                serde_json::Value::Object(plain).to_string()
             }
-            None => serde_json::json!({
-                "client_id": client_id,
-                "refresh_token": refresh_token.expose(),
-            })
-            .to_string(),
         });
         self.replace_file(&tmp, &path, body.as_bytes())
     }
@@ -374,7 +456,7 @@ impl Store {
     /// The atomic replace every state file gets: `tmp` (a fresh random name) created
     /// exclusively without following links, exactly 0600 whatever the umask, `body` written and
     /// fsynced, renamed over `path`, the directory fsynced; `tmp` removed on any failure.
-    pub(super) fn replace_file(&self, tmp: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
+    fn replace_file(&self, tmp: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
         let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)

@@ -696,6 +696,71 @@ async fn the_token_is_kept_across_restarts_and_replaced_with_the_role() {
     assert!(!daemon.logs().contains(&token) && !daemon.logs().contains(&first));
 }
 
+/// With a state key (issue 13) the endpoint token's file is sealed: no piece of the token in
+/// it, `role` as its clear field; the same key gives the same token after a restart, another
+/// key moves the file aside and a new token is made (the old one refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_file_is_sealed_with_a_state_key() {
+    use base64::Engine;
+    let env = TestEnv::new(3600).await;
+    write_main(&env, Some("127.0.0.1:0"));
+    role_app(&env, "analytics", ROLE);
+    let creds = |name: &str, byte: u8| {
+        let dir = env.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("state-key"), [byte; 32]).unwrap();
+        dir.to_str().unwrap().to_owned()
+    };
+    let (key_a, key_b) = (creds("creds-a", 1), creds("creds-b", 2));
+    let daemon = env.daemon_with(&[("CREDENTIALS_DIRECTORY", &key_a)]).await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let (_, first) = endpoint_of(&daemon, "analytics").await;
+    assert!(daemon.stop().success());
+    let file = env.path("state/analytics@endpoint.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["alg", "ct", "nonce", "role", "v"], "{text}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&first);
+    for whole in [first.as_str(), b64.as_str()] {
+        for i in 0..=whole.len() - 16 {
+            assert!(
+                !text.contains(&whole[i..i + 16]),
+                "a piece of the token: {text}"
+            );
+        }
+    }
+
+    let daemon = env.daemon_with(&[("CREDENTIALS_DIRECTORY", &key_a)]).await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let (_, token) = endpoint_of(&daemon, "analytics").await;
+    assert_eq!(token, first, "the same key opens it after a restart");
+    assert!(daemon.stop().success());
+
+    let daemon = env.daemon_with(&[("CREDENTIALS_DIRECTORY", &key_b)]).await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let (url, token) = endpoint_of(&daemon, "analytics").await;
+    assert_ne!(token, first, "another key: a new token");
+    let (addr, path) = split_url(&url);
+    let (status, _) = tcp_get(&addr, &path, &format!("authorization: {first}\r\n")).await;
+    assert_eq!(status, 403, "the old token is refused");
+    let aside: Vec<String> = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("analytics@endpoint.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the file that does not open is moved aside");
+    let logs = daemon.logs();
+    assert!(logs.contains("damaged state file moved aside"), "{logs}");
+    assert!(!logs.contains(&first) && !logs.contains(&token));
+}
+
 /// A non-loopback `credentials_listen` is a config error at its place; `serve` refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_loopback_address_is_refused() {
