@@ -99,6 +99,22 @@ pub(crate) fn container_json(creds: &Credentials, role_arn: &str) -> serde_json:
     })
 }
 
+/// [`container_json`] as the endpoint's answer body: rendered once per set of credentials
+/// (every SDK fetch between two `AssumeRole` calls gets the same bytes), again only for
+/// another role ARN.
+pub(crate) fn container_body(creds: &Credentials, role_arn: &str) -> bytes::Bytes {
+    let render =
+        || zeroize::Zeroizing::new(container_json(creds, role_arn).to_string().into_bytes());
+    let (arn, body) = creds
+        .container
+        .get_or_init(|| (role_arn.to_owned(), render()));
+    if arn == role_arn {
+        bytes::Bytes::copy_from_slice(body)
+    } else {
+        bytes::Bytes::copy_from_slice(&render())
+    }
+}
+
 /// Every app's endpoint token, and where the endpoint listens once bound.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointTokens {

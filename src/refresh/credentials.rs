@@ -3,17 +3,21 @@
 //!
 //! Credentials are pulled (credential_process asks once per AWS CLI call), so they are fetched
 //! when asked and found due, not on a timer: the async mutex held across the fetch is the
-//! single flight — concurrent callers queue behind it and find the fresh credentials. A
+//! single flight — concurrent callers queue behind it and find the fresh credentials. A read
+//! that finds the last set fresh and of the current identity takes a published copy without
+//! the mutex, so SDK fetches on the endpoint never queue behind one another. A
 //! failure backs off with the token path's own [`Retry`]. What the cache needs of the token
 //! side is the [`TokenSource`] trait declared here, which the app's handle implements.
 
+use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use crate::clock::{BootInstant, Clock};
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use super::error::ServeError;
 use super::policy::{centered, refresh_delay, FailureKind, LivePolicy, Policy, Retry};
@@ -27,7 +31,6 @@ use crate::upstream::{RoleAssumer, RoleCredentials};
 pub(crate) const MIN_SERVED_TTL: Duration = Duration::from_secs(20 * 60);
 
 /// Cached role credentials.
-#[derive(Debug)]
 pub(crate) struct Credentials {
     /// The STS answer: keys, session token and wall-clock expiration.
     pub(crate) role: RoleCredentials,
@@ -37,6 +40,32 @@ pub(crate) struct Credentials {
     pub(crate) refresh_at: BootInstant,
     /// The identity (idToken `sub`) of the token they were made from.
     identity: Option<String>,
+    /// The credentials endpoint's answer, rendered once (`crate::endpoint::container_body`):
+    /// the role ARN it was rendered for, and the JSON, zeroed when these credentials go.
+    pub(crate) container: OnceLock<(String, Zeroizing<Vec<u8>>)>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("role", &self.role)
+            .field("expires_at", &self.expires_at)
+            .field("refresh_at", &self.refresh_at)
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|_| "** redacted **"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credentials the mutex-free read may hand out, and the token they were checked
+/// against. `Weak`: an old token is not kept alive for this (its secret is zeroed when the
+/// app drops it), and its allocation is, so its address is never another token's.
+#[derive(Clone)]
+struct Published {
+    creds: Arc<Credentials>,
+    token: Weak<Token>,
 }
 
 /// What role credentials need of the app's token side: its name and metrics, a valid token,
@@ -65,6 +94,10 @@ pub(crate) struct CredentialCache {
     clock: Clock,
     permits: Arc<Semaphore>,
     cached: Mutex<Cached>,
+    /// A copy of `cached.current`, for the read that finds it fresh without queueing on the
+    /// async mutex (every SDK fetch on the endpoint is one). std `RwLock`: held to clone an
+    /// `Arc`, never across an await; written only under `cached`.
+    published: RwLock<Option<Published>>,
     /// A uniform draw in [0, 1) per decision: the refresh jitter of new credentials (as
     /// `2s − 1`; s = 0.75 and the defaults put a 1 h set's refresh at 0.55 × 60 = 33 min,
     /// before the 40 min that [`MIN_SERVED_TTL`] allows) and the backoff after a failure
@@ -90,6 +123,7 @@ impl CredentialCache {
                 retry: Retry::default(),
                 last_error: None,
             }),
+            published: RwLock::new(None),
             sample: super::policy::uniform_sample,
         }
     }
@@ -111,6 +145,33 @@ impl CredentialCache {
 
     /// Credentials for `app`: cached while fresh and of the same identity, else new ones.
     pub(crate) async fn get(&self, app: &impl TokenSource) -> Result<Arc<Credentials>, ServeError> {
+        // The common case, without the mutex: the published credentials are fresh and were
+        // made from this very token (a pointer compare), or from one of the same identity.
+        // Anything else (none yet, due, another identity, a failure's hold-off) takes the
+        // mutex and decides below, one caller at a time.
+        {
+            let token = app.valid_token().await?;
+            let now = self.clock.now();
+            let published = self
+                .published
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(p) = published {
+                let fresh = now < p.creds.refresh_at && now < p.creds.expires_at;
+                if fresh && std::ptr::eq(p.token.as_ptr(), Arc::as_ptr(&token)) {
+                    return Ok(p.creds);
+                }
+                if fresh && p.creds.identity == identity_of(&token) {
+                    // A rotated token of the same identity: compared by pointer from now on.
+                    let mut slot = self.published.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(p) = slot.as_mut().filter(|s| Arc::ptr_eq(&s.creds, &p.creds)) {
+                        p.token = Arc::downgrade(&token);
+                    }
+                    return Ok(p.creds);
+                }
+            }
+        }
         let mut cached = self.cached.lock().await;
         let token = app.valid_token().await?;
         let identity = identity_of(&token);
@@ -130,9 +191,14 @@ impl CredentialCache {
             }
             return valid.ok_or_else(|| self.unavailable(app, cached.last_error.clone()));
         }
+        let made_from = Arc::downgrade(&token);
         match self.fetch(app, token).await {
             Ok(fresh) => {
                 cached.current = Some(fresh.clone());
+                *self.published.write().unwrap_or_else(|p| p.into_inner()) = Some(Published {
+                    creds: fresh.clone(),
+                    token: made_from,
+                });
                 cached.retry = Retry::default();
                 cached.last_error = None;
                 Ok(fresh)
@@ -223,6 +289,7 @@ impl CredentialCache {
             expires_at,
             refresh_at: now + delay,
             identity,
+            container: OnceLock::new(),
         }
     }
 }
@@ -348,6 +415,82 @@ mod tests {
         let again = cache.get(&source).await.unwrap();
         assert!(Arc::ptr_eq(&creds, &again));
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Fresh credentials are answered without the mutex: a read while it is held (as by a
+    /// slow call in flight) does not queue; a read of another identity does, and is answered
+    /// once the mutex is free.
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_read_does_not_queue_on_the_mutex() {
+        let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let token = |ctx: &str| {
+            Arc::new(Token {
+                access_token: Secret::new("t"),
+                token_type: "Bearer".into(),
+                expires_at: clock.now() + Duration::from_secs(3600),
+                expires_at_wall: clock.wall_now(),
+                scopes: None,
+                issued_token_type: None,
+                id_token: None,
+                identity_context: Some(Secret::new(ctx)),
+                rendered: std::sync::OnceLock::new(),
+            })
+        };
+        let source = Source {
+            token: token("ctx"),
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let sts = Arc::new(Sts {
+            clock: clock.clone(),
+            calls: AtomicUsize::new(1),
+        });
+        let cache = CredentialCache::new(
+            sts.clone(),
+            LivePolicy::new(Policy::default()),
+            clock.clone(),
+            Arc::new(Semaphore::new(1)),
+        )
+        .with_sample(|| 0.0);
+        let first = cache.get(&source).await.unwrap();
+        let held = cache.cached.lock().await;
+        let again = tokio::time::timeout(Duration::from_secs(1), cache.get(&source))
+            .await
+            .expect("a fresh read queued on the mutex")
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = Source {
+            token: token("another-identity"),
+            metrics: crate::metrics::Metrics::new(),
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), cache.get(&other))
+                .await
+                .is_err(),
+            "another identity's read skipped the mutex"
+        );
+        drop(held);
+        let theirs = cache.get(&other).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &theirs));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+
+        // The endpoint's body: rendered once, the same bytes as the JSON; another role ARN
+        // gets its own. Debug shows neither the body nor the identity.
+        let arn = "arn:aws:iam::123456789012:role/R";
+        let body = crate::endpoint::container_body(&theirs, arn);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            crate::endpoint::container_json(&theirs, arn)
+        );
+        assert_eq!(crate::endpoint::container_body(&theirs, arn), body);
+        let other_arn = "arn:aws:iam::210987654321:role/R";
+        let json: serde_json::Value =
+            serde_json::from_slice(&crate::endpoint::container_body(&theirs, other_arn)).unwrap();
+        assert_eq!(json["AccountId"], "210987654321");
+        let debug = format!("{theirs:?}");
+        assert!(
+            !debug.contains("another-identity") && !debug.contains("AccountId"),
+            "{debug}"
+        );
     }
 
     /// Credentials that expired while the machine was suspended are never served: the cache

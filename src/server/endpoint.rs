@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 use super::connection::{closing, Answer, Connection, Slots};
 use super::error::ApiError;
-use super::response::{error_response, json_response};
+use super::response::{error_response, json_bytes_response};
 use super::routes::shown;
 use super::{http_settings, Limits, DRAIN_TIMEOUT};
 use crate::broker::Broker;
@@ -180,9 +180,9 @@ impl EndpointRequests {
             .credentials()
             .await
             .map_err(|e| Refusal::Answer(e.into()))?;
-        Ok(json_response(
+        Ok(json_bytes_response(
             StatusCode::OK,
-            &crate::endpoint::container_json(&creds, &role.arn),
+            crate::endpoint::container_body(&creds, &role.arn),
         ))
     }
 }

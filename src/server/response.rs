@@ -13,7 +13,12 @@ use crate::refresh::Token;
 
 /// A JSON answer.
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes_response(status, Bytes::from(body.to_string()))
+}
+
+/// A JSON answer whose body is already rendered.
+pub(crate) fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
