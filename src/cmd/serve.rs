@@ -66,8 +66,8 @@ pub(crate) async fn serve(
     }
     let mut hangups = crate::signals::hangups()
         .map_err(|e| Failure::failed(format!("cannot handle SIGHUP: {e}")))?;
-    let (listener, socket_file, socket) = listen(&config)?;
-    let endpoint = listen_endpoint(&config).await?;
+    let (listener, socket_file, socket, passed_port) = listen(&config)?;
+    let endpoint = listen_endpoint(&config, passed_port).await?;
     let env = Env::from_process();
     let state_dir = paths::state_dir(config.state.dir.as_deref(), &env);
     // Read once, here: a reload never re-reads the key (`[state]` applies at restart).
@@ -203,11 +203,23 @@ pub(crate) async fn reload(main_file: &Path, broker: &Broker) {
     );
 }
 
+/// A listener and the address it listens on.
+type PortListener = (tokio::net::TcpListener, std::net::SocketAddr);
+
 /// The socket systemd passed (socket activation: never unlinked by us), else our own bound
-/// at the configured or default path (removed on exit).
+/// at the configured or default path (removed on exit); and the credentials endpoint's port
+/// when systemd passed that too.
 fn listen(
     config: &Config,
-) -> Result<(tokio::net::UnixListener, Option<SocketFile>, PathBuf), Failure> {
+) -> Result<
+    (
+        tokio::net::UnixListener,
+        Option<SocketFile>,
+        PathBuf,
+        Option<PortListener>,
+    ),
+    Failure,
+> {
     let socket: PathBuf = paths::socket_path(config.server.socket.as_deref(), &Env::from_process());
     match crate::systemd::activation::take().map_err(|e| Failure::failed(e.to_string()))? {
         Some(passed) => {
@@ -218,34 +230,51 @@ fn listen(
             if path != socket {
                 warn!(configured = %socket.display(), passed = %path.display(), "the passed socket is not the configured one; serving on the passed one");
             }
-            Ok((passed.listener, None, path))
+            Ok((passed.listener, None, path, passed.credentials))
         }
         None => {
             let (listener, file) = crate::server::bind(&socket, config.server.socket_mode)
                 .map_err(|e| {
                     Failure::failed(format!("cannot listen on {}: {e}", socket.display()))
                 })?;
-            Ok((listener, Some(file), socket))
+            Ok((listener, Some(file), socket, None))
         }
     }
 }
 
 /// The credentials endpoint's listener, when `[server] credentials_listen` is set, and the
-/// address it got (the real port when the config said 0).
+/// address it got (the real port when the config said 0): the port systemd passed, if it
+/// passed one, else bound here. A passed port without `credentials_listen` is refused (the
+/// setting is what turns the endpoint on, and what `check-config` and the operator see).
 async fn listen_endpoint(
     config: &Config,
-) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>, Failure> {
-    let Some(addr) = config.server.credentials_listen else {
-        return Ok(None);
-    };
-    let cannot = |e: std::io::Error| {
-        Failure::failed(format!(
-            "cannot listen on {addr} ([server] credentials_listen): {e}"
-        ))
-    };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
-    let bound = listener.local_addr().map_err(cannot)?;
-    Ok(Some((listener, bound)))
+    passed: Option<PortListener>,
+) -> Result<Option<PortListener>, Failure> {
+    let configured = config.server.credentials_listen;
+    match (configured, passed) {
+        (None, None) => Ok(None),
+        (None, Some((_, passed))) => Err(Failure::failed(format!(
+            "refusing to start: socket activation passed the TCP port {passed}, but [server] credentials_listen is not set; set it to \"{passed}\" to turn the credentials endpoint on there"
+        ))),
+        (Some(addr), Some((listener, passed))) => {
+            info!(address = %passed, "using the credentials endpoint port passed by the service manager");
+            let same = addr.ip() == passed.ip() && (addr.port() == 0 || addr.port() == passed.port());
+            if !same {
+                warn!(configured = %addr, passed = %passed, "the passed credentials endpoint port is not the configured one; serving on the passed one");
+            }
+            Ok(Some((listener, passed)))
+        }
+        (Some(addr), None) => {
+            let cannot = |e: std::io::Error| {
+                Failure::failed(format!(
+                    "cannot listen on {addr} ([server] credentials_listen): {e}"
+                ))
+            };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+            let bound = listener.local_addr().map_err(cannot)?;
+            Ok(Some((listener, bound)))
+        }
+    }
 }
 
 /// The systemd supervision of this daemon: the watchdog pings while every app's owner task

@@ -217,6 +217,138 @@ async fn serves_on_the_socket_systemd_socket_activate_passes_and_leaves_it() {
     );
 }
 
+/// `systemd-socket-activate` with the arguments that pass `listen` (in order) and the
+/// simulator's credentials to the daemon.
+fn activate_wrapper(listen: &[&str]) -> Vec<String> {
+    let activate = which("systemd-socket-activate").expect(
+        "systemd-socket-activate not found: install the Debian package `systemd` (.ci/run does)",
+    );
+    let mut wrapper = vec![activate.to_str().unwrap().to_owned()];
+    for l in listen {
+        wrapper.extend(["-l".to_owned(), (*l).to_owned()]);
+    }
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_EC2_METADATA_DISABLED",
+        "RUST_LOG",
+    ] {
+        wrapper.extend(["-E".to_owned(), var.to_owned()]);
+    }
+    wrapper
+}
+
+/// A free loopback port (bound and released; the wrapper binds it again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The credentials endpoint's port passed as a second descriptor (listed first, so it is fd
+/// 3: the kind tells them apart, not the order) serves the SDK route; a passed port without
+/// `credentials_listen` is a one-line refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credentials_port_can_be_passed_as_a_second_socket() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new(3600).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    std::fs::write(
+        env.main_file(),
+        format!(
+            "[server]\nsocket = \"{}\"\ncredentials_listen = \"{addr}\"\n\n[state]\ndir = \"{}\"\n",
+            env.socket().display(),
+            env.path("state").display()
+        ),
+    )
+    .unwrap();
+    let jwt = env.path("analytics.jwt");
+    std::fs::write(&jwt, assertion("analytics")).unwrap();
+    env.write_app(
+        "analytics",
+        &format!(
+            "grant = \"jwt-bearer\"\nscopes = [\"openid\", \"aws\", \"sts:identity_context\"]\nassertion_file = \"{}\"\n\n[role]\narn = \"arn:aws:iam::123456789012:role/AnalyticsTIP\"\nendpoint_url = \"{}\"\n",
+            jwt.display(),
+            env.sim.endpoint_url()
+        ),
+    );
+    let passed = env.path("activated.sock");
+    let wrapper = activate_wrapper(&[&addr, passed.to_str().unwrap()]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut daemon = env.spawn_daemon_under(&wrapper, &[]);
+    daemon.socket = passed.clone();
+    daemon.wait_listening().await;
+    daemon.wait_state("analytics", "ready", 10).await;
+    let (code, body) = daemon.get("/v1/apps/analytics/endpoint").await;
+    assert_eq!(code, 200, "{body}");
+    let url = body["url"].as_str().unwrap();
+    assert_eq!(
+        url,
+        format!("http://{addr}/v1/apps/analytics/credentials"),
+        "the passed port is the one handed out"
+    );
+    let token = body["authorization_token"].as_str().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /v1/apps/analytics/credentials HTTP/1.1\r\nhost: {addr}\r\nauthorization: {token}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    crate::support::raw_http::read_to_close(&mut stream, &mut answer)
+        .await
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(
+        crate::support::raw_http::status_of(&answer),
+        200,
+        "{answer}"
+    );
+    assert!(answer.contains("\"AccessKeyId\""), "{answer}");
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("using the credentials endpoint port passed by the service manager"),
+        "{logs}"
+    );
+    assert!(!logs.contains(token), "the endpoint token reached the log");
+    let log = daemon.log.clone();
+    let status = wait_exit_after_term(daemon).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+
+    // The same sockets, the endpoint not configured: refused at start, with one line.
+    env.write_main("");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let passed = env.path("activated2.sock");
+    let wrapper = activate_wrapper(&[passed.to_str().unwrap(), &addr]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let daemon = env.spawn_daemon_under(&wrapper, &[]);
+    // The first connection makes the wrapper exec the daemon.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::UnixStream::connect(&passed).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "never listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = daemon.log.clone();
+    let status = wait_exit(daemon).await;
+    let logs = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "socket activation passed the TCP port {addr}, but [server] credentials_listen is not set"
+        )),
+        "{logs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_ends_the_drain_at_once() {
     let env = TestEnv::new(3600).await;
