@@ -51,6 +51,9 @@ pub(crate) struct ReloadReport {
     pub(crate) removed: Vec<String>,
     /// Apps restarted with a new config (or because their subject app was).
     pub(crate) changed: Vec<String>,
+    /// Apps whose change left their grant alone (only `[access]` or `[role]`, with or
+    /// without `[[sink]]`): the new config applies, the token is kept, no upstream call.
+    pub(crate) reconfigured: Vec<String>,
     /// Apps left running as they were.
     pub(crate) unchanged: Vec<String>,
     /// Settings that changed but apply only at restart.
@@ -182,6 +185,20 @@ impl Broker {
                     report.unchanged.push(name);
                     continue;
                 }
+                Some(old) if same_grant(&old.config, &app) && !subject_restarted => {
+                    // Only `[access]` or `[role]` (and maybe sinks): the same owner goes on
+                    // under the new config; a changed `[role]` gets new role credentials.
+                    let keep = old.config.role == app.role;
+                    let credentials = if keep {
+                        None
+                    } else {
+                        self.credential_cache(&app).await
+                    };
+                    let handle = old.reconfigured(Arc::new(app), credentials, keep);
+                    self.write().insert(name.clone(), Arc::new(handle));
+                    report.reconfigured.push(name);
+                    continue;
+                }
                 Some(old) => {
                     // Stopped first: a rotation in flight is saved before the new owner
                     // loads the saved refresh token.
@@ -234,15 +251,21 @@ impl Broker {
             None => None,
         };
         let mut handle = AppHandle::spawn(app.clone(), issuer, subject, self.shared.clone(), saved);
-        if let Some(assumer) = self.upstreams.role_assumer(&app).await {
-            handle = handle.with_credentials(CredentialCache::new(
-                assumer,
-                self.shared.policy.clone(),
-                self.clock.clone(),
-                self.shared.permits.clone(),
-            ));
+        if let Some(cache) = self.credential_cache(&app).await {
+            handle = handle.with_credentials(cache);
         }
         Arc::new(handle)
+    }
+
+    /// A new role-credential cache for `app`, when it has a `[role]`.
+    async fn credential_cache(&self, app: &crate::config::AppConfig) -> Option<CredentialCache> {
+        let assumer = self.upstreams.role_assumer(app).await?;
+        Some(CredentialCache::new(
+            assumer,
+            self.shared.policy.clone(),
+            self.clock.clone(),
+            self.shared.permits.clone(),
+        ))
     }
 
     /// Stops every app at once, letting calls in flight finish within `limit` (so a rotated
@@ -362,6 +385,18 @@ fn same_but_sinks(a: &crate::config::AppConfig, b: &crate::config::AppConfig) ->
         sinks: Vec::new(),
         ..b.clone()
     }
+}
+
+/// Whether `a` and `b` have the same grant: they differ at most in `[access]`, `[role]` and
+/// `[[sink]]`, which apply to a running owner without a new token (CONTRACT §6).
+fn same_grant(a: &crate::config::AppConfig, b: &crate::config::AppConfig) -> bool {
+    let grant_only = |c: &crate::config::AppConfig| crate::config::AppConfig {
+        access: None,
+        role: None,
+        sinks: Vec::new(),
+        ..c.clone()
+    };
+    grant_only(a) == grant_only(b)
 }
 
 /// Moves the number of upstream call permits from `old` to `new`. Permits held by calls in

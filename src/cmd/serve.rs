@@ -199,6 +199,7 @@ pub(crate) async fn reload(main_file: &Path, broker: &Broker) {
     }
     info!(
         added = ?report.added, removed = ?report.removed, changed = ?report.changed,
+        reconfigured = ?report.reconfigured,
         unchanged = report.unchanged.len(), "config reloaded"
     );
 }

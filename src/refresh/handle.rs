@@ -33,8 +33,9 @@ pub(crate) struct AppHandle {
     snapshot: watch::Receiver<Snapshot>,
     commands: mpsc::Sender<Command>,
     clock: Clock,
-    /// Role credentials, for apps with `[role]`.
-    credentials: Option<CredentialCache>,
+    /// Role credentials, for apps with `[role]` (shared with the handle that replaces this
+    /// one on a reload that leaves `[role]` alone).
+    credentials: Option<Arc<CredentialCache>>,
     /// Tells the owner to finish what it is doing and exit.
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     /// The owner task.
@@ -69,8 +70,35 @@ impl AppHandle {
 
     /// Gives the app its role-credential cache.
     pub(crate) fn with_credentials(mut self, cache: CredentialCache) -> AppHandle {
-        self.credentials = Some(cache);
+        self.credentials = Some(Arc::new(cache));
         self
+    }
+
+    /// This app's running owner under `config`, whose grant is this one's (only `[access]`,
+    /// `[[sink]]` or `[role]` differ): the token, its refresh schedule and the owner task go
+    /// on as they are (no upstream call); the role credentials are `credentials`, this
+    /// handle's own when `[role]` is unchanged. The owner task moves to the new handle, so
+    /// stopping the app stops it there; requests still holding this handle finish normally.
+    pub(crate) fn reconfigured(
+        &self,
+        config: Arc<AppConfig>,
+        credentials: Option<CredentialCache>,
+        keep_credentials: bool,
+    ) -> AppHandle {
+        AppHandle {
+            config,
+            snapshot: self.snapshot.clone(),
+            commands: self.commands.clone(),
+            clock: self.clock.clone(),
+            credentials: if keep_credentials {
+                self.credentials.clone()
+            } else {
+                credentials.map(Arc::new)
+            },
+            stop: std::sync::Mutex::new(taken(&self.stop)),
+            task: std::sync::Mutex::new(taken(&self.task)),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Identity-enhanced role credentials (`[role]` apps).
@@ -214,6 +242,11 @@ impl AppHandle {
             }),
         }
     }
+}
+
+/// What `slot` holds, leaving it empty.
+fn taken<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// What role credentials need of the token side, served by the app's owner.

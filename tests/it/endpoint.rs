@@ -672,20 +672,36 @@ async fn the_token_is_kept_across_restarts_and_replaced_with_the_role() {
     let (status, _) = tcp_get(&addr, &path, &format!("authorization: {token}\r\n")).await;
     assert_eq!(status, 200, "the restarted daemon takes the kept token");
 
-    // A change that leaves [role] alone ([access] naming us): the app restarts, the token stays.
+    // A change that leaves [role] alone ([access] naming us): the endpoint token stays, and
+    // so does the app's token (no upstream call, CONTRACT §6).
+    let calls = env.calls_for("analytics").len();
     let me = nix::unistd::geteuid().as_raw();
     env.append_app("analytics", &format!("\n[access]\nuids = [{me}]\n"));
     daemon.signal(libc::SIGHUP);
     let logs = daemon.wait_log("config reloaded", 1, 10).await;
-    assert!(logs.contains("changed=[\"analytics\"]"), "{logs}");
+    assert!(logs.contains("reconfigured=[\"analytics\"]"), "{logs}");
     let (_, token) = endpoint_of(&daemon, "analytics").await;
     assert_eq!(token, first, "kept while [role] is unchanged");
 
+    // A changed [role]: a new endpoint token and new role credentials, the same app token.
     role_app(&env, "analytics", "arn:aws:iam::123456789012:role/Other");
     daemon.signal(libc::SIGHUP);
-    daemon.wait_log("config reloaded", 2, 10).await;
+    let logs = daemon.wait_log("config reloaded", 2, 10).await;
+    assert!(
+        logs.matches("reconfigured=[\"analytics\"]").count() == 2,
+        "{logs}"
+    );
     let (_, token) = endpoint_of(&daemon, "analytics").await;
     assert_ne!(token, first, "a changed [role] replaces it");
+    let (url, _) = endpoint_of(&daemon, "analytics").await;
+    let (addr2, path2) = split_url(&url);
+    let (status, creds) = tcp_get(&addr2, &path2, &format!("authorization: {token}\r\n")).await;
+    assert_eq!(status, 200, "{creds}");
+    assert_eq!(
+        env.calls_for("analytics").len(),
+        calls,
+        "an [access] or [role] change made a CreateTokenWithIAM call"
+    );
     let (status, _) = tcp_get(&addr, &path, &format!("authorization: {first}\r\n")).await;
     assert_eq!(status, 403, "the old token is refused");
 

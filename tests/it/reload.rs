@@ -1,5 +1,6 @@
 //! SIGHUP reload: apps added, removed and changed take effect; unchanged apps keep their
-//! tokens with no upstream call; a config with any error is rejected whole.
+//! tokens with no upstream call, and so do apps whose change leaves the grant alone (only
+//! `[access]`); a config with any error is rejected whole.
 
 use crate::support::TestEnv;
 
@@ -104,5 +105,39 @@ async fn a_config_with_an_error_is_rejected_whole_and_the_running_one_stays() {
     daemon.wait_log("config reloaded", 1, 10).await;
     daemon.wait_state("hopeful", "ready", 10).await;
     assert_eq!(daemon.token("steady").await, before);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+/// A change of `[access]` alone applies at once and keeps the token: no upstream call, the
+/// same token once access is given back (CONTRACT §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_only_change_applies_and_keeps_the_token() {
+    let env = TestEnv::new(3600).await;
+    env.jwt_app("guarded");
+    let daemon = env.daemon().await;
+    daemon.wait_state("guarded", "ready", 10).await;
+    let token = daemon.token("guarded").await;
+    let calls = env.calls_for("guarded").len();
+
+    // Somebody else only: we are refused from now on.
+    env.append_app("guarded", "\n[access]\nuids = [65534]\n");
+    daemon.signal(libc::SIGHUP);
+    let logs = daemon.wait_log("config reloaded", 1, 10).await;
+    assert!(logs.contains("reconfigured=[\"guarded\"]"), "{logs}");
+    let (status, body) = daemon.get("/v1/apps/guarded/token").await;
+    assert_eq!(status, 403, "the new [access] applies: {body}");
+
+    // Us again: the same token, still no call.
+    let me = nix::unistd::geteuid().as_raw();
+    env.jwt_app("guarded");
+    env.append_app("guarded", &format!("\n[access]\nuids = [{me}]\n"));
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("config reloaded", 2, 10).await;
+    assert_eq!(daemon.token("guarded").await, token, "the token was kept");
+    assert_eq!(
+        env.calls_for("guarded").len(),
+        calls,
+        "an [access] change made an upstream call"
+    );
     assert_eq!(daemon.stop().code(), Some(0));
 }
