@@ -5,7 +5,8 @@
 //! ([`endpoint`]: `{"role", "token"}`), mode 0600 in a 0700 directory, both read and written
 //! by one pair of functions ([`Store::load_secret`], [`Store::save_secret`]) and replaced
 //! atomically: write a temp file, fsync it, rename over the old one, fsync the directory. A
-//! file that cannot be read back is moved aside as `<file>.corrupt-<unix seconds>` and the
+//! file that cannot be read back is moved aside as `<file>.corrupt-<unix seconds>` (`.<n>`
+//! added when that name is taken: never replaced) and the
 //! app falls back to its configured source (or makes a new endpoint token). Every call
 //! blocks (fsyncs), so the owner task and the broker call it through `spawn_blocking`.
 //!
@@ -55,6 +56,43 @@ struct Saved {
     alg: Option<String>,
     nonce: Option<String>,
     ct: Option<String>,
+}
+
+/// Renames `path` to `<path>.corrupt-<wall_secs>`, or `.corrupt-<wall_secs>.<n>` when that
+/// name is taken: a file moved aside earlier in the same second is never replaced (each may
+/// be the one a restored key opens). `RENAME_NOREPLACE`, so a name taken between the check
+/// and the rename is not replaced either.
+fn move_aside(path: &Path, wall_secs: u64) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    for n in 0..1000u32 {
+        let aside = match n {
+            0 => PathBuf::from(format!("{}.corrupt-{wall_secs}", path.display())),
+            n => PathBuf::from(format!("{}.corrupt-{wall_secs}.{n}", path.display())),
+        };
+        let to = std::ffi::CString::new(aside.as_os_str().as_bytes())?;
+        // SAFETY: two NUL-terminated paths that live across the call; errors come back
+        // through the return value and errno.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(aside);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::other(
+        "1000 files already moved aside in this second",
+    ))
 }
 
 /// What the app does when its file gives nothing (the end of a log line).
@@ -420,9 +458,8 @@ impl Store {
     fn quarantine(&self, binding: &Binding<'_>, path: &Path, wall_secs: u64, why: &str) {
         let app = binding.app;
         let fallback = fallback(binding.purpose);
-        let aside = PathBuf::from(format!("{}.corrupt-{wall_secs}", path.display()));
-        match fs::rename(path, &aside) {
-            Ok(()) => {
+        match move_aside(path, wall_secs) {
+            Ok(aside) => {
                 warn!(app, moved_to = %aside.display(), why, "damaged state file moved aside; {fallback}")
             }
             Err(e) => warn!(app, error = %e, why, "damaged state file could not be moved aside"),
@@ -540,6 +577,25 @@ mod tests {
             std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
         }
         path
+    }
+
+    #[test]
+    fn a_file_moved_aside_in_the_same_second_does_not_replace_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        fs::write(state.join("a.json"), "{first").unwrap();
+        assert!(store.load("a", "cid", 3).is_none());
+        fs::write(state.join("a.json"), "{second").unwrap();
+        assert!(store.load("a", "cid", 3).is_none());
+        assert_eq!(
+            fs::read_to_string(state.join("a.json.corrupt-3")).unwrap(),
+            "{first"
+        );
+        assert_eq!(
+            fs::read_to_string(state.join("a.json.corrupt-3.1")).unwrap(),
+            "{second"
+        );
     }
 
     #[test]
