@@ -168,16 +168,21 @@ struct PrivateDir {
 }
 
 impl PrivateDir {
-    /// Under `$XDG_RUNTIME_DIR` (per-user, often tmpfs) when set, else the temp dir.
+    /// Under `$XDG_RUNTIME_DIR` (per-user, often tmpfs) when set, else the temp dir, named
+    /// `iamtokend-exec-<pid>-<app>-<16 hex>`. The directories of earlier `exec`s that were
+    /// killed (SIGKILL leaves no chance to clean up) are removed first: ours, by a pid that
+    /// no longer runs.
     fn create(app: &str) -> std::io::Result<PrivateDir> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_orphans(&base);
+        let pid = std::process::id();
         let mut last = None;
         for _ in 0..8 {
             let path = base.join(format!(
-                "iamtokend-exec-{app}-{:016x}",
+                "{DIR_PREFIX}{pid}-{app}-{:016x}",
                 rand::random::<u64>()
             ));
             // Exclusive: an existing entry (a planted link included) is an error, never used.
@@ -188,6 +193,41 @@ impl PrivateDir {
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
+    }
+}
+
+/// The start of every token directory's name.
+const DIR_PREFIX: &str = "iamtokend-exec-";
+
+/// Removes the token directories in `base` left by `exec`s that are gone: named
+/// `iamtokend-exec-<pid>-…` with a pid that does not run, a real directory (not a link)
+/// owned by our uid. A pid reused since is taken as alive: such a directory waits for a
+/// later sweep, never removed from under a running `exec`.
+fn remove_orphans(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .filter(|pid| *pid > 0)
+        else {
+            continue;
+        };
+        let ours = fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if ours && gone {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -140,6 +140,53 @@ fn sts_calls(env: &TestEnv, action: &str) -> usize {
         .count()
 }
 
+/// An `exec` killed with SIGKILL cannot remove its token file: the next `exec` of the same
+/// user removes it (its pid is gone), and leaves a running one's and a stranger's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_exec_removes_the_token_dir_of_a_killed_one() {
+    let (env, daemon) = endpoint_daemon().await;
+    let runtime = env.path("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let xdg = [("XDG_RUNTIME_DIR", runtime.to_str().unwrap())];
+    let dirs = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&runtime)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // A stranger's name that parses as a dead pid but is a plain file: left alone.
+    std::fs::write(runtime.join("iamtokend-exec-999999999-x-0"), "").unwrap();
+    let mut killed = exec_command(&daemon, &env, &["analytics", "sleep", "3"], &xdg)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while dirs().len() < 2 {
+        assert!(waited < 200, "the token dir never appeared: {:?}", dirs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let orphan = dirs()
+        .into_iter()
+        .find(|n| n.contains("-analytics-"))
+        .unwrap();
+    assert!(orphan.starts_with(&format!("iamtokend-exec-{}-", killed.id().unwrap())));
+    killed.start_kill().unwrap();
+    killed.wait().await.unwrap();
+    // Its CMD (`sleep`) outlives it; the directory is the exec's, named by the exec's pid.
+    assert!(runtime.join(&orphan).join("token").exists());
+
+    let out = exec(&daemon, &env, &["analytics", "true"], &xdg).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        dirs(),
+        ["iamtokend-exec-999999999-x-0"],
+        "the killed exec's dir was not removed"
+    );
+}
+
 /// aws-config's own container provider, run as `exec`'s CMD (this test binary again, its
 /// child test below), resolves the credentials the socket serves and signs a
 /// `GetCallerIdentity` with them that the simulator accepts.
