@@ -348,6 +348,35 @@ mod tests {
         }
     }
 
+    /// A token side whose token lives `ttl` from now, of identity context `ctx`.
+    fn source_of(clock: &Clock, ttl: Duration, ctx: &str) -> Source {
+        Source {
+            token: Arc::new(Token {
+                access_token: Secret::new("t"),
+                token_type: "Bearer".into(),
+                expires_at: clock.now() + ttl,
+                expires_at_wall: clock.wall_now(),
+                scopes: None,
+                issued_token_type: None,
+                id_token: None,
+                identity_context: Some(Secret::new(ctx)),
+                rendered: std::sync::OnceLock::new(),
+            }),
+            metrics: crate::metrics::Metrics::new(),
+        }
+    }
+
+    /// The cache over `sts` with the default policy, every sample 0.
+    fn cache_over(sts: Arc<Sts>, clock: &Clock) -> CredentialCache {
+        CredentialCache::new(
+            sts,
+            LivePolicy::new(Policy::default()),
+            clock.clone(),
+            Arc::new(Semaphore::new(1)),
+        )
+        .with_sample(|| 0.0)
+    }
+
     /// Fails its first call, then issues one-hour credentials.
     struct Sts {
         clock: Clock,
@@ -378,31 +407,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failure_backs_off_with_the_shared_retry_then_credentials_are_cached() {
         let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        let source = Source {
-            token: Arc::new(Token {
-                access_token: Secret::new("t"),
-                token_type: "Bearer".into(),
-                expires_at: clock.now() + Duration::from_secs(3600),
-                expires_at_wall: clock.wall_now(),
-                scopes: None,
-                issued_token_type: None,
-                id_token: None,
-                identity_context: Some(Secret::new("ctx")),
-                rendered: std::sync::OnceLock::new(),
-            }),
-            metrics: crate::metrics::Metrics::new(),
-        };
+        let source = source_of(&clock, Duration::from_secs(3600), "ctx");
         let sts = Arc::new(Sts {
             clock: clock.clone(),
             calls: AtomicUsize::new(0),
         });
-        let cache = CredentialCache::new(
-            sts.clone(),
-            LivePolicy::new(Policy::default()),
-            clock.clone(),
-            Arc::new(Semaphore::new(1)),
-        )
-        .with_sample(|| 0.0);
+        let cache = cache_over(sts.clone(), &clock);
         let unavailable = |r: Result<Arc<Credentials>, ServeError>| matches!(r, Err(ServeError::Unavailable { ref code, .. }) if code == "server_error");
         assert!(unavailable(cache.get(&source).await));
         tokio::time::sleep(Duration::from_millis(499)).await;
@@ -423,34 +433,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fresh_read_does_not_queue_on_the_mutex() {
         let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        let token = |ctx: &str| {
-            Arc::new(Token {
-                access_token: Secret::new("t"),
-                token_type: "Bearer".into(),
-                expires_at: clock.now() + Duration::from_secs(3600),
-                expires_at_wall: clock.wall_now(),
-                scopes: None,
-                issued_token_type: None,
-                id_token: None,
-                identity_context: Some(Secret::new(ctx)),
-                rendered: std::sync::OnceLock::new(),
-            })
-        };
-        let source = Source {
-            token: token("ctx"),
-            metrics: crate::metrics::Metrics::new(),
-        };
+        let source = source_of(&clock, Duration::from_secs(3600), "ctx");
         let sts = Arc::new(Sts {
             clock: clock.clone(),
             calls: AtomicUsize::new(1),
         });
-        let cache = CredentialCache::new(
-            sts.clone(),
-            LivePolicy::new(Policy::default()),
-            clock.clone(),
-            Arc::new(Semaphore::new(1)),
-        )
-        .with_sample(|| 0.0);
+        let cache = cache_over(sts.clone(), &clock);
         let first = cache.get(&source).await.unwrap();
         let held = cache.cached.lock().await;
         let again = tokio::time::timeout(Duration::from_secs(1), cache.get(&source))
@@ -458,10 +446,7 @@ mod tests {
             .expect("a fresh read queued on the mutex")
             .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
-        let other = Source {
-            token: token("another-identity"),
-            metrics: crate::metrics::Metrics::new(),
-        };
+        let other = source_of(&clock, Duration::from_secs(3600), "another-identity");
         assert!(
             tokio::time::timeout(Duration::from_secs(1), cache.get(&other))
                 .await
@@ -498,32 +483,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn credentials_that_died_in_a_suspend_are_replaced() {
         let clock = Clock::anchored_at(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        let source = Source {
-            token: Arc::new(Token {
-                access_token: Secret::new("t"),
-                token_type: "Bearer".into(),
-                expires_at: clock.now() + Duration::from_secs(10 * 3600),
-                expires_at_wall: clock.wall_now(),
-                scopes: None,
-                issued_token_type: None,
-                id_token: None,
-                identity_context: Some(Secret::new("ctx")),
-                rendered: std::sync::OnceLock::new(),
-            }),
-            metrics: crate::metrics::Metrics::new(),
-        };
+        let source = source_of(&clock, Duration::from_secs(10 * 3600), "ctx");
         let sts = Arc::new(Sts {
             clock: clock.clone(),
             // The first call's scripted failure is skipped.
             calls: AtomicUsize::new(1),
         });
-        let cache = CredentialCache::new(
-            sts.clone(),
-            LivePolicy::new(Policy::default()),
-            clock.clone(),
-            Arc::new(Semaphore::new(1)),
-        )
-        .with_sample(|| 0.0);
+        let cache = cache_over(sts.clone(), &clock);
         let first = cache.get(&source).await.unwrap();
         // 10 min suspended: 50 min left, before the refresh point (24 min): the cached set.
         clock.suspend_for(Duration::from_secs(600));

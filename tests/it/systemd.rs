@@ -159,29 +159,14 @@ async fn notify_socket_gets_ready_watchdog_status_and_stopping_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_on_the_socket_systemd_socket_activate_passes_and_leaves_it() {
-    let activate = which("systemd-socket-activate").expect(
-        "systemd-socket-activate not found: install the Debian package `systemd` (.ci/run does)",
-    );
     let env = TestEnv::new(3600).await;
     let child_env = env.path("child-env");
     app_dumping_child_env(&env, "analytics", &child_env);
     // The config names another path: the passed socket wins and the configured one is never
     // created.
     let passed = env.path("activated.sock");
-    // systemd-socket-activate hands the command only TERM, PATH, USER, HOME and what `-E`
-    // names: pass the simulator's credentials through.
-    let mut wrapper = vec![activate.to_str().unwrap(), "-l", passed.to_str().unwrap()];
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_EC2_METADATA_DISABLED",
-        "RUST_LOG",
-    ] {
-        wrapper.extend(["-E", var]);
-    }
+    let wrapper = activate_wrapper(&[passed.to_str().unwrap()]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let mut daemon = env.spawn_daemon_under(&wrapper, &[]);
     daemon.socket = passed.clone();
     // The first connection makes systemd-socket-activate exec the daemon.
@@ -218,7 +203,8 @@ async fn serves_on_the_socket_systemd_socket_activate_passes_and_leaves_it() {
 }
 
 /// `systemd-socket-activate` with the arguments that pass `listen` (in order) and the
-/// simulator's credentials to the daemon.
+/// simulator's credentials to the daemon (it hands the command only TERM, PATH, USER, HOME
+/// and what `-E` names).
 fn activate_wrapper(listen: &[&str]) -> Vec<String> {
     let activate = which("systemd-socket-activate").expect(
         "systemd-socket-activate not found: install the Debian package `systemd` (.ci/run does)",
@@ -231,6 +217,8 @@ fn activate_wrapper(listen: &[&str]) -> Vec<String> {
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_REGION",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
         "AWS_EC2_METADATA_DISABLED",
         "RUST_LOG",
     ] {
