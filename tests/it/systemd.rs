@@ -165,12 +165,7 @@ async fn serves_on_the_socket_systemd_socket_activate_passes_and_leaves_it() {
     // The config names another path: the passed socket wins and the configured one is never
     // created.
     let passed = env.path("activated.sock");
-    let wrapper = activate_wrapper(&[passed.to_str().unwrap()]);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut daemon = env.spawn_daemon_under(&wrapper, &[]);
-    daemon.socket = passed.clone();
-    // The first connection makes systemd-socket-activate exec the daemon.
-    daemon.wait_listening().await;
+    let daemon = activated_daemon(&env, &[passed.to_str().unwrap()], &passed).await;
     daemon.wait_state("analytics", "ready", 10).await;
     let (code, body) = daemon.get("/v1/apps/analytics/token").await;
     assert_eq!(code, 200, "{body}");
@@ -227,6 +222,17 @@ fn activate_wrapper(listen: &[&str]) -> Vec<String> {
     wrapper
 }
 
+/// The daemon under `systemd-socket-activate` passing `listen`, the API socket at `socket`;
+/// returns once the first connection has made the wrapper exec it.
+async fn activated_daemon(env: &TestEnv, listen: &[&str], socket: &Path) -> Daemon {
+    let wrapper = activate_wrapper(listen);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut daemon = env.spawn_daemon_under(&wrapper, &[]);
+    daemon.socket = socket.to_owned();
+    daemon.wait_listening().await;
+    daemon
+}
+
 /// A free loopback port (bound and released; the wrapper binds it again at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -265,11 +271,7 @@ async fn the_credentials_port_can_be_passed_as_a_second_socket() {
         ),
     );
     let passed = env.path("activated.sock");
-    let wrapper = activate_wrapper(&[&addr, passed.to_str().unwrap()]);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut daemon = env.spawn_daemon_under(&wrapper, &[]);
-    daemon.socket = passed.clone();
-    daemon.wait_listening().await;
+    let daemon = activated_daemon(&env, &[&addr, passed.to_str().unwrap()], &passed).await;
     daemon.wait_state("analytics", "ready", 10).await;
     let (code, body) = daemon.get("/v1/apps/analytics/endpoint").await;
     assert_eq!(code, 200, "{body}");
