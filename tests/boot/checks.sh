@@ -40,10 +40,10 @@ waitfor() {
   done
 }
 prop() { systemctl show "$SVC" -p "$1" --value; }
-# get SOCKET PATH [USER]: the HTTP status of GET PATH on SOCKET as USER (000: no connection);
-# the body in /tmp/body (written by this root shell, not by USER).
+# get SOCKET PATH [USER]: the HTTP status of GET PATH on SOCKET as USER (000: no connection;
+# curl's reason in the log); the body in /tmp/body (written by this root shell, not by USER).
 get() {
-  runuser -u "${3:-root}" -- curl -s -w '\n%{http_code}' --max-time 10 \
+  runuser -u "${3:-root}" -- curl -sS -w '\n%{http_code}' --max-time 10 \
     --unix-socket "$1" "http://localhost$2" >/tmp/response
   head -n -1 /tmp/response >/tmp/body
   tail -n 1 /tmp/response
@@ -123,6 +123,8 @@ depends() {
 }
 check "the package depends on ca-certificates (TLS roots) and procps (/bin/kill of ExecReload=)" depends
 
+# alice may connect (the socket's group) and read the apps (their [access] names that group);
+# bob is in neither.
 usermod -aG iamtokend-clients alice
 cat >/etc/iamtokend/environment <<EOF
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
@@ -130,7 +132,7 @@ AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 AWS_REGION=$AWS_REGION
 AWS_EC2_METADATA_DISABLED=true
 EOF
-app analytics /etc/iamtokend $'[access]\ngroups = ["iamtokend"]'
+app analytics /etc/iamtokend $'[access]\ngroups = ["iamtokend-clients"]'
 chgrp iamtokend /etc/iamtokend/environment /etc/iamtokend/*.jwt /etc/iamtokend/apps.d/*
 chmod 0640 /etc/iamtokend/environment /etc/iamtokend/*.jwt /etc/iamtokend/apps.d/*
 
@@ -156,7 +158,7 @@ notified() {
 check "Type=notify: READY=1 with STATUS= from the daemon; StatusText '1 app: 1 ready'" notified
 
 reloaded() {
-  app reports /etc/iamtokend $'[access]\ngroups = ["iamtokend"]'
+  app reports /etc/iamtokend $'[access]\ngroups = ["iamtokend-clients"]'
   chgrp iamtokend /etc/iamtokend/*.jwt /etc/iamtokend/apps.d/*
   chmod 0640 /etc/iamtokend/*.jwt /etc/iamtokend/apps.d/*
   local from pid
@@ -208,13 +210,18 @@ check "watchdog fires on a frozen daemon (SIGSTOP): 'Watchdog timeout', restarte
 
 access() {
   local a b
+  # The service has started (and restarted) by now: the socket and its directory must still
+  # be as the socket unit made them, not chowned to the service's user (RuntimeDirectory=).
+  echo "socket: $(stat -c '%U:%G %a' $SOCK); its directory: $(stat -c '%U:%G %a' ${SOCK%/*})"
+  [ "$(stat -c '%U:%G %a' $SOCK)" = "root:iamtokend-clients 660" ] || return 1
+  [ "$(stat -c '%U:%G %a' ${SOCK%/*})" = "root:root 755" ] || return 1
   a=$(get $SOCK /v1/apps/analytics/token alice)
   grep -q '"access_token"' /tmp/body || a="$a (no access_token)"
   b=$(get $SOCK /v1/apps/analytics/token bob)
   echo "alice (group iamtokend-clients): $a; bob: '$b' (000: no connection)"
   [ "$a" = 200 ] && [ "$b" = 000 ]
 }
-check "a member of group iamtokend-clients (alice) reads a token; another user (bob) cannot connect" access
+check "a member of group iamtokend-clients (alice, admitted by the app's [access]) reads a token; another user (bob) cannot connect; the socket stays root:iamtokend-clients 0660 after the service ran" access
 
 stopped() {
   local t0=$SECONDS
