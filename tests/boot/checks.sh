@@ -298,3 +298,17 @@ user_units() {
   ! journalctl -b --no-pager -o cat _UID="$uid" | grep -Ei 'SIGSYS|status=31|Operation not permitted'
 }
 check "user units under a lingering user manager (loginctl enable-linger alice): socket-activated, token served, STATUS, clean stop" user_units
+
+upgraded() {
+  # What an earlier build's unit (RuntimeDirectory=iamtokend) left after a service start: the
+  # socket and its directory given to the daemon's user. Reinstalling is an upgrade to dpkg
+  # (postinst configure with the old version), which must give them back.
+  [ "$(get $SOCK /v1/health)" = 200 ] || return 1
+  chown iamtokend:iamtokend /run/iamtokend $SOCK
+  timeout 120 dpkg -i "$T/iamtokend.deb" || return 1
+  echo "after the upgrade: dir $(stat -c '%U:%G %a' /run/iamtokend), socket $(stat -c '%U:%G %a' $SOCK)"
+  [ "$(stat -c '%U:%G %a' /run/iamtokend)" = "root:root 755" ] &&
+    [ "$(stat -c '%U:%G %a' $SOCK)" = "root:iamtokend-clients 660" ] &&
+    [ "$(get $SOCK /v1/apps/analytics/token alice)" = 200 ]
+}
+check "upgrade (dpkg -i again) over a socket an earlier unit gave to iamtokend:iamtokend: re-created root:iamtokend-clients 0660, alice served" upgraded
